@@ -1,0 +1,35 @@
+//! The data plane: how the stream moves through one node of the chain.
+//!
+//! Each process (the server or a node) holds one bounded [`Ring`] of chunks. One
+//! producer fills it (the server's [`source`], a node's [`receive`] from its
+//! upstream) and several readers drain it at their own pace: every child's
+//! [`forward`] thread and the node's local [`sink`]. The ring admits a chunk only
+//! when it has room, so the slowest reader sets the pace of its upstream: that is
+//! the back-pressure through the chain, and memory stays bounded by `--buffer`
+//! whatever the stream length.
+
+mod children;
+mod forward;
+mod receive;
+mod ring;
+mod sink;
+mod source;
+mod stream;
+
+pub use children::{accept_children, ChildLink};
+pub use forward::forward;
+pub use receive::receive;
+pub use ring::{Finish, Next, Ring, RingReader};
+pub use sink::{Sink, SinkOutcome};
+pub use source::pump;
+pub use stream::StreamReader;
+
+/// Size of the chunks the server cuts the stream into, i.e. of every data frame.
+/// Large enough that per-frame costs (a header, a lock, a wake-up) vanish next to
+/// the copy, small enough that the pipeline fills quickly (one chunk per hop) and a
+/// `--buffer` of a few MiB still holds many chunks.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Default `--buffer`: 32 MiB holds ~0.3 s of a 1 Gbit/s stream per node, enough to
+/// absorb disk hiccups without holding up the chain, like ka-deploy's 35 MiB.
+pub const DEFAULT_BUFFER: usize = 32 * 1024 * 1024;

@@ -1,0 +1,72 @@
+//! The server's producer: the input (a command's stdout, a file, stdin) cut into
+//! chunks, hashed, and pushed into the ring.
+
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ring::{Finish, Ring};
+use crate::protocol::End;
+
+/// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting bytes
+/// into `sent`. Returns the end frame (also stored in the ring), or why it stopped.
+pub fn pump(
+    mut input: impl Read,
+    ring: &Ring,
+    chunk_size: usize,
+    sent: &AtomicU64,
+) -> Result<End, String> {
+    let mut hasher = blake3::Hasher::new();
+    let mut length = 0u64;
+    loop {
+        let mut buf = ring.alloc(chunk_size);
+        match fill(&mut input, &mut buf, chunk_size) {
+            Ok(()) => {}
+            Err(e) => {
+                let why = format!("reading the input failed after {length} bytes: {e}");
+                ring.finish(Finish::Failed(why.clone()));
+                return Err(why);
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        hasher.update(&buf);
+        length += buf.len() as u64;
+        let full = buf.len() == chunk_size;
+        if ring.push(buf).is_err() {
+            let why = "every node has left the chain".to_string();
+            ring.finish(Finish::Failed(why.clone()));
+            return Err(why);
+        }
+        sent.store(length, Ordering::Relaxed);
+        if !full {
+            break;
+        }
+    }
+    let end = End {
+        length,
+        hash: *hasher.finalize().as_bytes(),
+    };
+    ring.finish(Finish::Complete(end));
+    Ok(end)
+}
+
+/// Fills `buf` up to `size` bytes, stopping early only at end of input. Pipes hand
+/// out 64 KiB at a time; full chunks keep frames few and large.
+fn fill(input: &mut impl Read, buf: &mut Vec<u8>, size: usize) -> io::Result<()> {
+    buf.resize(size, 0);
+    let mut got = 0;
+    while got < size {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(got);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(got);
+    Ok(())
+}

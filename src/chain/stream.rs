@@ -1,0 +1,130 @@
+//! The local copy of the stream as a hashed `Read`, for the node's own sink.
+
+use std::io::{self, Read};
+
+use super::ring::{Chunk, Finish, Next, RingReader};
+use crate::protocol::End;
+
+/// Hands out the stream chunk by chunk (or through `Read`) while hashing every
+/// byte, so the node can verify the end-of-stream length and hash whatever its
+/// sink does with the bytes.
+pub struct StreamReader {
+    reader: RingReader,
+    hasher: blake3::Hasher,
+    bytes: u64,
+    current: Option<(Chunk, usize)>,
+    finish: Option<Finish>,
+}
+
+/// What the node received, checked against the end-of-stream frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub bytes: u64,
+    pub hash_ok: bool,
+    /// Why the stream did not arrive whole, when it did not.
+    pub error: Option<String>,
+}
+
+impl StreamReader {
+    pub fn new(reader: RingReader) -> StreamReader {
+        StreamReader {
+            reader,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+            current: None,
+            finish: None,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The next whole chunk, or `None` at the end. Chunks handed out are hashed.
+    pub fn next_chunk(&mut self) -> Option<Chunk> {
+        if let Some((chunk, pos)) = self.current.take() {
+            if pos < chunk.len() {
+                // Rare: a `Read` user stopped mid-chunk; hand out the rest as a copy.
+                return Some(std::sync::Arc::new(chunk[pos..].to_vec()));
+            }
+        }
+        if self.finish.is_some() {
+            return None;
+        }
+        match self.reader.next() {
+            Next::Chunk(c) => {
+                self.hasher.update(&c);
+                self.bytes += c.len() as u64;
+                Some(c)
+            }
+            Next::Finished(f) => {
+                self.finish = Some(f);
+                None
+            }
+        }
+    }
+
+    /// Reads and hashes whatever the sink left unread, so the chain is never held
+    /// up by a failed sink and the verdict still covers the whole stream.
+    pub fn drain(&mut self) {
+        while self.next_chunk().is_some() {}
+    }
+
+    /// Drains the rest and compares length and hash with the end-of-stream frame.
+    pub fn verdict(mut self) -> Verdict {
+        self.drain();
+        let bytes = self.bytes;
+        match self.finish.take() {
+            Some(Finish::Complete(End { length, hash })) => {
+                let ours = *self.hasher.finalize().as_bytes();
+                let error = if length != bytes {
+                    Some(format!("received {bytes} bytes, the stream has {length}"))
+                } else if hash != ours {
+                    Some("BLAKE3 hash mismatch: the received bytes differ from the source".into())
+                } else {
+                    None
+                };
+                Verdict {
+                    bytes,
+                    hash_ok: error.is_none(),
+                    error,
+                }
+            }
+            Some(Finish::Failed(why)) => Verdict {
+                bytes,
+                hash_ok: false,
+                error: Some(why),
+            },
+            None => Verdict {
+                bytes,
+                hash_ok: false,
+                error: Some("stream ended without an end frame".into()),
+            },
+        }
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((chunk, pos)) = &mut self.current {
+                if *pos < chunk.len() {
+                    let n = buf.len().min(chunk.len() - *pos);
+                    buf[..n].copy_from_slice(&chunk[*pos..*pos + n]);
+                    *pos += n;
+                    return Ok(n);
+                }
+            }
+            self.current = None;
+            match self.next_chunk() {
+                Some(c) => self.current = Some((c, 0)),
+                None => {
+                    return match &self.finish {
+                        Some(Finish::Failed(why)) => Err(io::Error::other(why.clone())),
+                        _ => Ok(0),
+                    }
+                }
+            }
+        }
+    }
+}

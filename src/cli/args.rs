@@ -1,0 +1,173 @@
+//! The command line. Short options follow ka-deploy's where it had them
+//! (`-s` session, `-n` nodes, `-e` command, `-g` go).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kacast",
+    version,
+    about = "Clone a golden node onto a whole rack at wire speed"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Golden node: wait for the nodes of a session and stream to them
+    Server(ServerArgs),
+    /// Node: join a session, write the stream locally and relay it
+    Client(ClientArgs),
+    /// Start a waiting session now with the nodes already joined (ka's -g)
+    Go(GoArgs),
+    /// Run a server and N clients on loopback, stream generated data, verify every copy
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Session name the nodes join (getstage2, kainstall…)
+    #[arg(short, long)]
+    pub session: String,
+    /// Start as soon as this many nodes have joined
+    #[arg(short, long)]
+    pub nodes: Option<usize>,
+    /// With --start-after: the fewest nodes to start with
+    #[arg(long, default_value_t = 1)]
+    pub min: usize,
+    /// Start this many seconds after the server came up (given --min nodes)
+    #[arg(long, value_name = "SECS")]
+    pub start_after: Option<f64>,
+    /// Stream the stdout of this shell command
+    #[arg(
+        short = 'e',
+        long = "exec",
+        value_name = "CMD",
+        conflicts_with = "input"
+    )]
+    pub exec: Option<String>,
+    /// Stream this file or block device ('-' for stdin)
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<String>,
+    /// Chain order: ip, join or file:PATH
+    #[arg(long, default_value = "ip")]
+    pub order: String,
+    /// Children per node: 1 is a chain (best), up to 4 builds a tree
+    #[arg(long, default_value_t = 1)]
+    pub arity: usize,
+    /// Stream bytes held in memory per process (e.g. 32M)
+    #[arg(long, default_value = "32M")]
+    pub buffer: String,
+    /// Control TCP port (default: 30765 when free, else any)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// Do not answer discovery broadcasts (nodes then need --server)
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// UDP port for discovery broadcasts
+    #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
+    pub discovery_port: u16,
+    /// Seconds a node may take to connect for the stream once told where
+    #[arg(long, default_value_t = 60)]
+    pub link_timeout: u64,
+    /// Write the nodes that succeeded, one per line
+    #[arg(long, value_name = "FILE")]
+    pub ok: Option<PathBuf>,
+    /// Write the nodes that failed, as node<TAB>reason
+    #[arg(long, value_name = "FILE")]
+    pub ko: Option<PathBuf>,
+    /// Write the whole report as JSON
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct Locate {
+    /// Session name to join
+    #[arg(short, long)]
+    pub session: String,
+    /// Server HOST[:PORT] (default: find it by UDP broadcast)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// Attempts to find the server before giving up
+    #[arg(long, default_value_t = 5)]
+    pub tries: u32,
+    /// Seconds between attempts
+    #[arg(long, default_value_t = 1.0)]
+    pub retry_interval: f64,
+    /// UDP port for discovery broadcasts
+    #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
+    pub discovery_port: u16,
+}
+
+#[derive(Args)]
+#[group(id = "sink", required = true, multiple = false, args = ["exec", "to_dir", "to_file", "discard"])]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub locate: Locate,
+    /// Name of this node in the chain and the report (default: hostname)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Feed the stream to this shell command's stdin
+    #[arg(short = 'e', long = "exec", value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Unpack the (tar) stream into this directory
+    #[arg(long, value_name = "DIR")]
+    pub to_dir: Option<PathBuf>,
+    /// Write the raw stream to this file or block device
+    #[arg(long, value_name = "PATH")]
+    pub to_file: Option<PathBuf>,
+    /// Only receive, verify and relay
+    #[arg(long)]
+    pub discard: bool,
+    /// Stream bytes held in memory (e.g. 32M)
+    #[arg(long, default_value = "32M")]
+    pub buffer: String,
+    /// Address to listen on for this node's children
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// TCP port for this node's children (default: any free port)
+    #[arg(long, default_value_t = 0)]
+    pub data_port: u16,
+    /// Seconds a child may take to connect for the stream
+    #[arg(long, default_value_t = 60)]
+    pub link_timeout: u64,
+}
+
+#[derive(Args)]
+pub struct GoArgs {
+    #[command(flatten)]
+    pub locate: Locate,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Number of nodes in the rack
+    #[arg(long, default_value_t = 8)]
+    pub nodes: usize,
+    /// Bytes to stream (e.g. 512M, 1G)
+    #[arg(long, default_value = "512M")]
+    pub size: String,
+    /// Children per node
+    #[arg(long, default_value_t = 1)]
+    pub arity: usize,
+    /// Stream bytes held in memory per node
+    #[arg(long, default_value = "32M")]
+    pub buffer: String,
+    /// Keep the nodes' copies in this directory (default: a temporary one, removed)
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+}

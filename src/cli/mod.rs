@@ -1,0 +1,190 @@
+//! The `kacast` binary: argument parsing, logging, progress and exit codes over
+//! the library. Nothing here that another program embedding kacast would need.
+
+mod args;
+mod progress;
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use kacast::chain::Sink;
+use kacast::demo::{self, DemoConfig};
+use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
+use kacast::size::parse_size;
+
+use args::{Cli, ClientArgs, Cmd, DemoArgs, Locate, ServerArgs};
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Cmd::Server(a) => server(a),
+        Cmd::Client(a) => client(a),
+        Cmd::Go(a) => go(a.locate),
+        Cmd::Demo(a) => run_demo(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kacast: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KACAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn buffer(s: &str) -> Result<usize> {
+    Ok(usize::try_from(parse_size(s)?).context("--buffer is too large")?)
+}
+
+fn server(a: ServerArgs) -> Result<i32> {
+    let input = match (a.exec, a.input.as_deref()) {
+        (Some(cmd), None) => Input::Command(cmd),
+        (None, Some("-")) => Input::Stdin,
+        (None, Some(path)) => Input::File(path.into()),
+        (None, None) => bail!("nothing to stream: give -e CMD or -i FILE (or -i - for stdin)"),
+        (Some(_), Some(_)) => unreachable!("clap refuses -e with -i"),
+    };
+    if a.nodes.is_none() && a.start_after.is_none() {
+        eprintln!(
+            "kacast: no -n or --start-after: waiting for `kacast go -s {}`",
+            a.session
+        );
+    }
+    let mut c = ServerConfig::new(a.session);
+    c.nodes = a.nodes;
+    c.min_nodes = a.min;
+    c.start_after = a.start_after.map(Duration::from_secs_f64);
+    c.order = a.order.parse()?;
+    c.arity = a.arity;
+    c.buffer = buffer(&a.buffer)?;
+    c.bind = a.bind;
+    c.control_port = a.port;
+    c.discovery_port = (!a.no_discovery).then_some(a.discovery_port);
+    c.link_timeout = Duration::from_secs(a.link_timeout);
+    let server = Server::bind(c)?;
+    let stats = server.stats();
+    let watcher = std::thread::spawn(move || progress::watch(stats));
+    let report = server.run(input)?;
+    let _ = watcher.join();
+    println!("{}", report.render());
+    if let Some(p) = &a.ok {
+        report.write_ok(p)?;
+    }
+    if let Some(p) = &a.ko {
+        report.write_ko(p)?;
+    }
+    if let Some(p) = &a.report {
+        report.write_json(p)?;
+    }
+    Ok(report.exit_code())
+}
+
+fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
+    let mut c = ClientConfig::new(l.session.clone(), sink);
+    c.server = l.server.as_deref().map(str::parse).transpose()?;
+    c.tries = l.tries;
+    c.retry_interval =
+        Duration::try_from_secs_f64(l.retry_interval).context("invalid --retry-interval")?;
+    c.discovery_port = l.discovery_port;
+    Ok(c)
+}
+
+fn client(a: ClientArgs) -> Result<i32> {
+    let sink = if let Some(cmd) = a.exec {
+        Sink::Command(cmd)
+    } else if let Some(dir) = a.to_dir {
+        Sink::Dir(dir)
+    } else if let Some(path) = a.to_file {
+        Sink::File(path)
+    } else {
+        Sink::Discard
+    };
+    let mut c = locate_config(&a.locate, sink)?;
+    if let Some(name) = a.name {
+        c.name = name;
+    }
+    c.buffer = buffer(&a.buffer)?;
+    c.bind = a.bind;
+    c.data_port = a.data_port;
+    c.link_timeout = Duration::from_secs(a.link_timeout);
+    let report = Client::bind(c)?.run()?;
+    let o = &report.outcome;
+    if report.ok() {
+        eprintln!(
+            "Total data received = {:.1} MB in {:.1} s ({:.1} MB/s), hash verified; position {}/{}",
+            o.bytes as f64 / 1e6,
+            report.duration.as_secs_f64(),
+            o.bytes as f64 / 1e6 / report.duration.as_secs_f64().max(1e-3),
+            report.position,
+            report.total
+        );
+        Ok(0)
+    } else {
+        eprintln!(
+            "kacast: node '{}' failed: {}",
+            report.name,
+            o.error.as_deref().unwrap_or("hash mismatch")
+        );
+        Ok(1)
+    }
+}
+
+fn go(l: Locate) -> Result<i32> {
+    session::go(&locate_config(&l, Sink::Discard)?)?;
+    eprintln!("session '{}' told to start", l.session);
+    Ok(0)
+}
+
+fn run_demo(a: DemoArgs) -> Result<i32> {
+    let size = parse_size(&a.size)?;
+    eprintln!(
+        "kacast demo: a server and {} nodes on loopback, streaming {} of generated data",
+        a.nodes,
+        kacast::size::human(size)
+    );
+    let outcome = demo::run(
+        DemoConfig {
+            nodes: a.nodes,
+            size,
+            arity: a.arity,
+            buffer: buffer(&a.buffer)?,
+            dir: a.keep,
+        },
+        progress::watch,
+    )?;
+    println!("{}", outcome.report.render());
+    let bad: Vec<&str> = outcome
+        .verified
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if bad.is_empty() {
+        println!(
+            "Every copy re-read from {} matches the source hash.",
+            outcome.dir.display()
+        );
+        Ok(outcome.report.exit_code())
+    } else {
+        println!("Copies that do NOT match the source: {}", bad.join(", "));
+        Ok(1)
+    }
+}

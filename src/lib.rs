@@ -1,0 +1,22 @@
+//! kacast clones a golden node onto a whole rack at wire speed.
+//!
+//! The golden node runs a [`session::Server`]; every node runs a
+//! [`session::Client`] (normally from its initrd). They form a pipelined TCP
+//! chain: each node writes the stream to its own sink while relaying it to the
+//! next, so N nodes take about as long as one.
+//!
+//! - [`protocol`]: frames and their encoding, no I/O.
+//! - [`chain`]: the data plane of one node (ring buffer, relay, sinks).
+//! - [`session`]: rendezvous, chain order, control and the report.
+//! - [`demo`]: a whole rack on loopback in one process.
+
+pub mod chain;
+pub mod connection;
+pub mod demo;
+pub mod error;
+pub mod net;
+pub mod protocol;
+pub mod session;
+pub mod size;
+
+pub use error::{Error, Result};

@@ -1,0 +1,34 @@
+//! Small socket helpers that std lacks.
+
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Waits until `fd` is readable (a connection to accept, data to read) or the
+/// timeout passes. Used instead of polling loops with sleeps.
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    wait_any(&[fd], timeout).is_some()
+}
+
+/// Waits until one of `fds` is readable; returns the index of the first ready
+/// one, or `None` when the timeout passed.
+pub fn wait_any(fds: &[RawFd], timeout: Duration) -> Option<usize> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        if r > 0 {
+            return pfds.iter().position(|p| p.revents != 0);
+        }
+        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The kacast wire protocol: frames and their encoding, with no I/O.
+//!
+//! Every connection (control, data) and every discovery datagram carries frames:
+//! a fixed 6-byte header (`kind`, `flags`, big-endian payload length) followed by
+//! the payload. Each kind has its own maximum payload size, checked on the header
+//! alone, so a peer can never make us allocate more than that maximum. The first
+//! frame on every connection is a hello carrying [`MAGIC`] and [`VERSION`], which is
+//! how garbage and version mismatches are told apart from a merely malformed frame.
+//! `docs/PROTOCOL.md` is the reference for the byte layout.
+
+mod error;
+mod frame;
+mod wire;
+
+pub use error::ProtocolError;
+pub use frame::{Assign, End, Frame, Header, Hello, Kind, Offer, Report, Role, HEADER_LEN};
+pub use wire::validate_session;
+
+/// Opens every hello payload: a stranger speaking another protocol on our port is
+/// recognised on its first bytes.
+pub const MAGIC: [u8; 6] = *b"KACAST";
+
+/// Bumped on any incompatible change of a frame layout. Peers of another version
+/// are refused with both numbers in the message.
+pub const VERSION: u16 = 1;
+
+/// Control frames carry names and reasons only; 64 KiB is far above any real one
+/// and small enough to buffer without thought.
+pub const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
+
+/// Data frames carry one chunk of the stream. Senders use [`crate::chain::CHUNK_SIZE`];
+/// receivers accept up to 4 MiB so a future sender may use larger chunks without a
+/// version bump, while a hostile length still cannot make us allocate more.
+pub const MAX_DATA_PAYLOAD: u32 = 4 * 1024 * 1024;
+
+/// Discovery frames travel as one UDP datagram each; 512 bytes never fragments.
+pub const MAX_DATAGRAM: usize = 512;
+
+/// Well-known TCP port of a server's control listener (ka-deploy used 30765 too).
+/// A second session on the same host falls back to an ephemeral port, which the
+/// discovery offer announces.
+pub const DEFAULT_CONTROL_PORT: u16 = 30765;
+
+/// UDP port servers listen on for discovery broadcasts. Distinct from ka-deploy's
+/// 4957 so both can run on one host; several kacast servers share it through
+/// SO_REUSEADDR, and each answers only its own session name.
+pub const DISCOVERY_PORT: u16 = 30766;
