@@ -18,7 +18,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(30);
 pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, String> {
     let mut sent = 0u64;
     loop {
-        match reader.next() {
+        match reader.next_chunk() {
             Next::Chunk(chunk) => {
                 child.write_data(&chunk).map_err(|e| e.to_string())?;
                 sent += chunk.len() as u64;
@@ -31,11 +31,16 @@ pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, St
                 let _ = child.stream().shutdown(Shutdown::Write);
                 let _ = child.stream().set_read_timeout(Some(CLOSE_WAIT));
                 let mut rest = [0u8; 64];
-                let _ = (&mut &*child.stream()).read(&mut rest);
+                let _ = (&mut child.stream()).read(&mut rest);
                 return Ok(sent);
             }
             Next::Finished(Finish::Failed(why)) => {
-                // Closing without an end frame tells the child the stream failed.
+                // The reason travels down the chain so every node reports the cause,
+                // not just "upstream closed"; closing without an end frame is the
+                // failure signal even if this frame is lost.
+                let _ = child.write_frame(&Frame::Abort {
+                    reason: why.clone(),
+                });
                 let _ = child.stream().shutdown(Shutdown::Both);
                 return Err(why);
             }

@@ -57,6 +57,9 @@ fn receive_frames(
                     .map_err(|e| e.to_string())?;
                 return match Frame::parse_payload(header.kind, &payload) {
                     Ok(Frame::End(end)) => Ok(end),
+                    Ok(Frame::Abort { reason }) => {
+                        Err(format!("the stream failed upstream: {reason}"))
+                    }
                     Ok(other) => Err(format!(
                         "upstream {} sent an unexpected {} frame in the stream",
                         upstream.peer(),

@@ -200,7 +200,7 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    pub fn next(&mut self) -> Next {
+    pub fn next_chunk(&mut self) -> Next {
         self.ring.next(self.id)
     }
 }
@@ -232,7 +232,7 @@ mod tests {
                 thread::spawn(move || {
                     let mut got = Vec::new();
                     loop {
-                        match r.next() {
+                        match r.next_chunk() {
                             Next::Chunk(c) => got.push(c[0]),
                             Next::Finished(f) => return (got, f),
                         }
@@ -260,7 +260,7 @@ mod tests {
         drop(slow);
         let consumer = thread::spawn(move || {
             let mut n = 0;
-            while let Next::Chunk(_) = fast.next() {
+            while let Next::Chunk(_) = fast.next_chunk() {
                 n += 1;
             }
             n
@@ -284,7 +284,7 @@ mod tests {
         let ring = Ring::new(4, 1);
         let mut r = ring.reader(0);
         ring.push(vec![7; 10]).unwrap();
-        match r.next() {
+        match r.next_chunk() {
             Next::Chunk(c) => assert_eq!(c.len(), 10),
             Next::Finished(_) => panic!("expected the chunk"),
         }

@@ -51,7 +51,7 @@ impl StreamReader {
         if self.finish.is_some() {
             return None;
         }
-        match self.reader.next() {
+        match self.reader.next_chunk() {
             Next::Chunk(c) => {
                 self.hasher.update(&c);
                 self.bytes += c.len() as u64;

@@ -51,7 +51,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn buffer(s: &str) -> Result<usize> {
-    Ok(usize::try_from(parse_size(s)?).context("--buffer is too large")?)
+    usize::try_from(parse_size(s)?).context("--buffer is too large")
 }
 
 fn server(a: ServerArgs) -> Result<i32> {

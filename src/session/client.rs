@@ -166,12 +166,10 @@ impl Client {
             c.name,
             control.peer()
         );
-        let assign = loop {
-            match control.expect_frame("before the session started")? {
-                Frame::Assign(a) => break a,
-                Frame::Abort { reason } => return Err(Error::Aborted(reason)),
-                other => return Err(control.unexpected(&other, "while waiting for the start")),
-            }
+        let assign = match control.expect_frame("before the session started")? {
+            Frame::Assign(a) => a,
+            Frame::Abort { reason } => return Err(Error::Aborted(reason)),
+            other => return Err(control.unexpected(&other, "while waiting for the start")),
         };
         let started = Instant::now();
         let Assign {
