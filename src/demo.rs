@@ -107,10 +107,10 @@ pub fn run(
         })
         .collect::<Result<_>>()?;
     let watcher = thread::spawn(move || watch(stats));
-    let report = server.run(Input::Reader(Box::new(Pattern::new(
-        0x6b61_6361_7374,
+    let report = server.run(Input::Sized(
+        Box::new(Pattern::new(0x6b61_6361_7374, config.size)),
         config.size,
-    ))))?;
+    ))?;
     for c in clients {
         let _ = c.join();
     }

@@ -32,7 +32,13 @@ pub fn watch(stats: Arc<Stats>) {
         if started_now && started.is_none() {
             started = Some(Instant::now());
         }
-        let msg = if started_now {
+        let tail = Stats::get(&stats.slowest);
+        let msg = if started_now && done + failed < nodes && tail > 0 {
+            format!(
+                "nodes {done} done, {failed} failed / {nodes}, last node at {}",
+                human(tail)
+            )
+        } else if started_now {
             format!("nodes {done} done, {failed} failed / {nodes}")
         } else {
             format!("waiting: {} nodes joined", Stats::count(&stats.joined))

@@ -36,6 +36,8 @@ pub enum Input {
     Stdin,
     /// Any reader, for programs embedding the server.
     Reader(Box<dyn Read + Send>),
+    /// A reader whose length is known, so progress can show an ETA.
+    Sized(Box<dyn Read + Send>, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -474,6 +476,7 @@ fn open_input(input: Input) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
         }
         Input::Stdin => (Box::new(io::stdin()), None),
         Input::Reader(r) => (r, None),
+        Input::Sized(r, len) => (r, Some(len)),
     })
 }
 
