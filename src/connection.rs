@@ -16,28 +16,16 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: TcpStream) -> Result<Connection> {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "unknown peer".into());
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
         // Control frames are small and latency matters; data frames are written
         // header + payload in one vectored write, so Nagle buys nothing.
-        stream
-            .set_nodelay(true)
-            .context(|| format!("{peer}: set TCP_NODELAY"))?;
-        let writer = stream
-            .try_clone()
-            .context(|| format!("{peer}: clone socket"))?;
-        Ok(Connection {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            writer,
-            peer,
-        })
+        stream.set_nodelay(true).context(|| format!("{peer}: set TCP_NODELAY"))?;
+        let writer = stream.try_clone().context(|| format!("{peer}: clone socket"))?;
+        Ok(Connection { reader: BufReader::with_capacity(64 * 1024, stream), writer, peer })
     }
 
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection> {
-        let stream =
-            TcpStream::connect_timeout(&addr, timeout).context(|| format!("connect to {addr}"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout).context(|| format!("connect to {addr}"))?;
         Connection::new(stream)
     }
 
@@ -58,21 +46,13 @@ impl Connection {
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
-        self.writer
-            .set_read_timeout(t)
-            .context(|| format!("{}: set read timeout", self.peer))
+        self.writer.set_read_timeout(t).context(|| format!("{}: set read timeout", self.peer))
     }
 
     /// A second handle for writing from another thread (the reader stays here).
     pub fn writer(&self) -> Result<FrameWriter> {
-        let stream = self
-            .writer
-            .try_clone()
-            .context(|| format!("{}: clone socket", self.peer))?;
-        Ok(FrameWriter {
-            stream,
-            peer: self.peer.clone(),
-        })
+        let stream = self.writer.try_clone().context(|| format!("{}: clone socket", self.peer))?;
+        Ok(FrameWriter { stream, peer: self.peer.clone() })
     }
 
     /// The next header, or `None` on a clean end of stream between frames.
@@ -83,22 +63,14 @@ impl Connection {
             match self.reader.read(&mut head[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
-                    return Err(Error::Closed {
-                        peer: self.peer.clone(),
-                        during: "inside a frame header",
-                    })
+                    return Err(Error::Closed { peer: self.peer.clone(), during: "inside a frame header" })
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.io_err(e)),
             }
         }
-        Header::parse(&head)
-            .map(Some)
-            .map_err(|err| Error::Protocol {
-                peer: self.peer.clone(),
-                err,
-            })
+        Header::parse(&head).map(Some).map_err(|err| Error::Protocol { peer: self.peer.clone(), err })
     }
 
     /// Reads a payload whose length the header already validated.
@@ -106,10 +78,7 @@ impl Connection {
         buf.resize(header.len as usize, 0);
         self.reader.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::Closed {
-                    peer: self.peer.clone(),
-                    during: "inside a frame payload",
-                }
+                Error::Closed { peer: self.peer.clone(), during: "inside a frame payload" }
             } else {
                 self.io_err(e)
             }
@@ -124,41 +93,26 @@ impl Connection {
         self.read_payload(header, &mut payload)?;
         Frame::parse_payload(header.kind, &payload)
             .map(Some)
-            .map_err(|err| Error::Protocol {
-                peer: self.peer.clone(),
-                err,
-            })
+            .map_err(|err| Error::Protocol { peer: self.peer.clone(), err })
     }
 
     /// A frame that must be there: end of stream is an error naming `during`.
     pub fn expect_frame(&mut self, during: &'static str) -> Result<Frame> {
-        self.read_frame()?.ok_or_else(|| Error::Closed {
-            peer: self.peer.clone(),
-            during,
-        })
+        self.read_frame()?.ok_or_else(|| Error::Closed { peer: self.peer.clone(), during })
     }
 
     pub fn write_frame(&mut self, frame: &Frame) -> Result<()> {
         let bytes = frame.encode();
         let peer = &self.peer;
-        self.writer
-            .write_all(&bytes)
-            .context(|| format!("{peer}: send {} frame", frame.kind()))
+        self.writer.write_all(&bytes).context(|| format!("{peer}: send {} frame", frame.kind()))
     }
 
     pub fn unexpected(&self, frame: &Frame, during: &'static str) -> Error {
-        Error::Unexpected {
-            peer: self.peer.clone(),
-            got: frame.kind().name(),
-            during,
-        }
+        Error::Unexpected { peer: self.peer.clone(), got: frame.kind().name(), during }
     }
 
     fn io_err(&self, err: io::Error) -> Error {
-        Error::Io {
-            context: format!("{}: receive", self.peer),
-            err,
-        }
+        Error::Io { context: format!("{}: receive", self.peer), err }
     }
 }
 
@@ -170,10 +124,7 @@ pub struct FrameWriter {
 
 impl FrameWriter {
     pub fn from_stream(stream: TcpStream) -> FrameWriter {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "unknown peer".into());
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
         FrameWriter { stream, peer }
     }
 
@@ -187,17 +138,14 @@ impl FrameWriter {
 
     pub fn write_frame(&mut self, frame: &Frame) -> Result<()> {
         let peer = &self.peer;
-        self.stream
-            .write_all(&frame.encode())
-            .context(|| format!("{peer}: send {} frame", frame.kind()))
+        self.stream.write_all(&frame.encode()).context(|| format!("{peer}: send {} frame", frame.kind()))
     }
 
     /// One data frame: header and payload in a single vectored write, so a chunk
     /// costs one syscall in the common case and the payload is never copied.
     pub fn write_data(&mut self, payload: &[u8]) -> Result<()> {
         let head = Header::encode(Kind::Data, payload.len());
-        write_all_vectored(&mut self.stream, &head, payload)
-            .context(|| format!("{}: send data", self.peer))
+        write_all_vectored(&mut self.stream, &head, payload).context(|| format!("{}: send data", self.peer))
     }
 }
 

@@ -22,10 +22,7 @@ pub struct Pattern {
 
 impl Pattern {
     pub fn new(seed: u64, len: u64) -> Pattern {
-        Pattern {
-            state: seed | 1,
-            left: len,
-        }
+        Pattern { state: seed | 1, left: len }
     }
 }
 
@@ -62,10 +59,7 @@ pub struct DemoOutcome {
 
 /// Builds the rack, hands the server's live stats to `watch` (a progress
 /// display, run on its own thread), runs the session and verifies the copies.
-pub fn run(
-    config: DemoConfig,
-    watch: impl FnOnce(Arc<Stats>) + Send + 'static,
-) -> Result<DemoOutcome> {
+pub fn run(config: DemoConfig, watch: impl FnOnce(Arc<Stats>) + Send + 'static) -> Result<DemoOutcome> {
     if config.nodes == 0 {
         return Err(Error::Config("the demo needs at least one node".into()));
     }
@@ -95,10 +89,7 @@ pub fn run(
         .map(|i| {
             let name = format!("node{i:0width$}");
             let mut cc = ClientConfig::new("demo", Sink::File(dir.join(format!("{name}.img"))));
-            cc.server = Some(ServerAddress {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            });
+            cc.server = Some(ServerAddress { host: addr.ip().to_string(), port: addr.port() });
             cc.name = name;
             cc.bind = [127, 0, 0, 1].into();
             cc.buffer = config.buffer;
@@ -107,10 +98,8 @@ pub fn run(
         })
         .collect::<Result<_>>()?;
     let watcher = thread::spawn(move || watch(stats));
-    let report = server.run(Input::Sized(
-        Box::new(Pattern::new(0x6b61_6361_7374, config.size)),
-        config.size,
-    ))?;
+    let report =
+        server.run(Input::Sized(Box::new(Pattern::new(0x6b61_6361_7374, config.size)), config.size))?;
     for c in clients {
         let _ = c.join();
     }
@@ -127,11 +116,7 @@ pub fn run(
             (n.name.clone(), ok)
         })
         .collect();
-    Ok(DemoOutcome {
-        report,
-        verified,
-        dir,
-    })
+    Ok(DemoOutcome { report, verified, dir })
 }
 
 fn hash_file(path: &PathBuf) -> io::Result<String> {

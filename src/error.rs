@@ -16,11 +16,7 @@ pub enum Error {
     #[error("{peer} closed the connection {during}")]
     Closed { peer: String, during: &'static str },
     #[error("{peer} sent an unexpected {got} frame {during}")]
-    Unexpected {
-        peer: String,
-        got: &'static str,
-        during: &'static str,
-    },
+    Unexpected { peer: String, got: &'static str, during: &'static str },
     #[error("server refused: {0}")]
     Refused(String),
     #[error("session aborted by the server: {0}")]
@@ -42,9 +38,6 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|err| Error::Io {
-            context: what(),
-            err,
-        })
+        self.map_err(|err| Error::Io { context: what(), err })
     }
 }

@@ -12,14 +12,8 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
 /// Waits until one of `fds` is readable; returns the index of the first ready
 /// one, or `None` when the timeout passed.
 pub fn wait_any(fds: &[RawFd], timeout: Duration) -> Option<usize> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     loop {
         // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the call.

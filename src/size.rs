@@ -50,18 +50,9 @@ mod tests {
         assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("12X")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown unit"));
-        assert!(parse_size("M")
-            .unwrap_err()
-            .to_string()
-            .contains("expected a number"));
-        assert!(parse_size("99999999999T")
-            .unwrap_err()
-            .to_string()
-            .contains("too large"));
+        assert!(parse_size("12X").unwrap_err().to_string().contains("unknown unit"));
+        assert!(parse_size("M").unwrap_err().to_string().contains("expected a number"));
+        assert!(parse_size("99999999999T").unwrap_err().to_string().contains("too large"));
         assert_eq!(human(1536 << 20), "1.5 GiB");
     }
 }

@@ -30,14 +30,10 @@ fn stream_to_files(
     let mut config = loopback_server(session, n);
     tweak(&mut config);
     let server = Server::bind(config).unwrap();
-    let sinks = (0..n)
-        .map(|i| Sink::File(dir.path().join(format!("n{i}"))))
-        .collect();
+    let sinks = (0..n).map(|i| Sink::File(dir.path().join(format!("n{i}")))).collect();
     let clients = spawn_clients(session, server.control_addr(), sinks);
     let want = blake3_hex(&data);
-    let report = server
-        .run(Input::Reader(Box::new(Cursor::new(data))))
-        .unwrap();
+    let report = server.run(Input::Reader(Box::new(Cursor::new(data)))).unwrap();
     for c in clients {
         let r = c.join().unwrap().unwrap();
         assert!(r.ok(), "{r:?}");
@@ -46,11 +42,7 @@ fn stream_to_files(
     assert_eq!(report.hash.as_deref(), Some(want.as_str()));
     for i in 0..n {
         let got = std::fs::read(dir.path().join(format!("n{i}"))).unwrap();
-        assert_eq!(
-            blake3_hex(&got),
-            want,
-            "node {i}'s copy differs from the source"
-        );
+        assert_eq!(blake3_hex(&got), want, "node {i}'s copy differs from the source");
     }
     assert!(report.nodes.iter().all(|r| r.ok()), "{}", report.render());
     assert_eq!(report.exit_code(), 0);
@@ -61,12 +53,8 @@ fn stream_to_files(
 fn edge_sizes_reach_every_node_of_chains_of_1_2_and_8() {
     for n in [1, 2, 8] {
         for size in [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE + 1] {
-            let report = stream_to_files(
-                &format!("edge-{n}-{size}"),
-                n,
-                pattern(size, size as u64 + 7),
-                |_| {},
-            );
+            let report =
+                stream_to_files(&format!("edge-{n}-{size}"), n, pattern(size, size as u64 + 7), |_| {});
             assert!(report.nodes.iter().all(|r| r.bytes == size as u64));
         }
     }
@@ -89,12 +77,9 @@ fn two_hundred_mib_through_eight_nodes_with_a_small_buffer() {
 #[test]
 fn trees_of_arity_2_and_4() {
     for arity in [2, 4] {
-        stream_to_files(
-            &format!("tree{arity}"),
-            9,
-            pattern(CHUNK_SIZE * 5 + 3, arity as u64),
-            |c| c.arity = arity,
-        );
+        stream_to_files(&format!("tree{arity}"), 9, pattern(CHUNK_SIZE * 5 + 3, arity as u64), |c| {
+            c.arity = arity
+        });
     }
 }
 
@@ -103,9 +88,7 @@ fn join_and_file_orders() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nodes");
     std::fs::write(&file, "# wanted order\nnode03\nnode01\n").unwrap();
-    let report = stream_to_files("filed", 3, pattern(1000, 1), |c| {
-        c.order = Order::File(file.clone())
-    });
+    let report = stream_to_files("filed", 3, pattern(1000, 1), |c| c.order = Order::File(file.clone()));
     let names: Vec<&str> = report.nodes.iter().map(|r| r.name.as_str()).collect();
     // node02 is not listed: it goes last.
     assert_eq!(names, ["node03", "node01", "node02"]);
@@ -120,11 +103,7 @@ fn a_tar_stream_unpacks_with_to_dir() {
     std::fs::write(root.join("etc/sub/big"), pattern(CHUNK_SIZE * 2 + 1, 5)).unwrap();
     std::os::unix::fs::symlink("hostname", root.join("etc/link")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        root.join("etc/hostname"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
+    std::fs::set_permissions(root.join("etc/hostname"), std::fs::Permissions::from_mode(0o640)).unwrap();
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.append_dir_all(".", root).unwrap();
@@ -132,13 +111,9 @@ fn a_tar_stream_unpacks_with_to_dir() {
 
     let server = Server::bind(loopback_server("tar", 2)).unwrap();
     let dst = tempfile::tempdir().unwrap();
-    let sinks = (0..2)
-        .map(|i| Sink::Dir(dst.path().join(format!("n{i}"))))
-        .collect();
+    let sinks = (0..2).map(|i| Sink::Dir(dst.path().join(format!("n{i}")))).collect();
     let clients = spawn_clients("tar", server.control_addr(), sinks);
-    let report = server
-        .run(Input::Reader(Box::new(Cursor::new(tarball))))
-        .unwrap();
+    let report = server.run(Input::Reader(Box::new(Cursor::new(tarball)))).unwrap();
     for c in clients {
         assert!(c.join().unwrap().unwrap().ok());
     }
@@ -146,19 +121,9 @@ fn a_tar_stream_unpacks_with_to_dir() {
     for i in 0..2 {
         let out = dst.path().join(format!("n{i}"));
         assert_same_file(&root.join("etc/sub/big"), &out.join("etc/sub/big"));
-        assert_eq!(
-            std::fs::read_to_string(out.join("etc/hostname")).unwrap(),
-            "golden\n"
-        );
-        assert_eq!(
-            std::fs::read_link(out.join("etc/link")).unwrap(),
-            Path::new("hostname")
-        );
-        let mode = std::fs::metadata(out.join("etc/hostname"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        assert_eq!(std::fs::read_to_string(out.join("etc/hostname")).unwrap(), "golden\n");
+        assert_eq!(std::fs::read_link(out.join("etc/link")).unwrap(), Path::new("hostname"));
+        let mode = std::fs::metadata(out.join("etc/hostname")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
     }
 }
@@ -186,13 +151,8 @@ fn a_failing_sink_fails_only_its_node_and_the_chain_goes_on() {
     let clients = spawn_clients("partial", server.control_addr(), sinks);
     let data = pattern(CHUNK_SIZE * 40, 9);
     let want = blake3_hex(&data);
-    let report = server
-        .run(Input::Reader(Box::new(Cursor::new(data))))
-        .unwrap();
-    let results: Vec<_> = clients
-        .into_iter()
-        .map(|c| c.join().unwrap().unwrap())
-        .collect();
+    let report = server.run(Input::Reader(Box::new(Cursor::new(data)))).unwrap();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap().unwrap()).collect();
     assert!(results[0].ok() && !results[1].ok() && results[2].ok());
     assert_eq!(report.exit_code(), 2, "{}", report.render());
     let failed = &report.nodes[1];
@@ -200,10 +160,7 @@ fn a_failing_sink_fails_only_its_node_and_the_chain_goes_on() {
     assert_eq!(failed.sink_status, Some(3));
     assert!(failed.hash_ok, "the stream itself arrived whole");
     let why = failed.error.as_deref().unwrap();
-    assert!(
-        why.contains("exited with status 3") && why.contains("disk on fire"),
-        "{why}"
-    );
+    assert!(why.contains("exited with status 3") && why.contains("disk on fire"), "{why}");
     for i in [1, 3] {
         assert_eq!(blake3_hex(&std::fs::read(out(i)).unwrap()), want);
     }
@@ -212,14 +169,8 @@ fn a_failing_sink_fails_only_its_node_and_the_chain_goes_on() {
 #[test]
 fn every_sink_failing_gives_exit_code_1() {
     let server = Server::bind(loopback_server("allbad", 2)).unwrap();
-    let clients = spawn_clients(
-        "allbad",
-        server.control_addr(),
-        vec![Sink::Command("false".into()); 2],
-    );
-    let report = server
-        .run(Input::Reader(Box::new(Cursor::new(vec![1u8; 10]))))
-        .unwrap();
+    let clients = spawn_clients("allbad", server.control_addr(), vec![Sink::Command("false".into()); 2]);
+    let report = server.run(Input::Reader(Box::new(Cursor::new(vec![1u8; 10])))).unwrap();
     for c in clients {
         assert!(!c.join().unwrap().unwrap().ok());
     }
@@ -229,32 +180,14 @@ fn every_sink_failing_gives_exit_code_1() {
 #[test]
 fn a_failing_input_command_fails_every_node() {
     let server = Server::bind(loopback_server("badinput", 2)).unwrap();
-    let clients = spawn_clients(
-        "badinput",
-        server.control_addr(),
-        vec![Sink::Discard, Sink::Discard],
-    );
-    let report = server
-        .run(Input::Command("printf partial; exit 4".into()))
-        .unwrap();
+    let clients = spawn_clients("badinput", server.control_addr(), vec![Sink::Discard, Sink::Discard]);
+    let report = server.run(Input::Command("printf partial; exit 4".into())).unwrap();
     for c in clients {
         let r = c.join().unwrap().unwrap();
         assert!(!r.ok());
-        assert!(
-            r.outcome
-                .error
-                .as_deref()
-                .unwrap()
-                .contains("exit status: 4"),
-            "{:?}",
-            r.outcome
-        );
+        assert!(r.outcome.error.as_deref().unwrap().contains("exit status: 4"), "{:?}", r.outcome);
     }
-    assert!(
-        report.source_error.as_deref().unwrap().contains("failed"),
-        "{:?}",
-        report.source_error
-    );
+    assert!(report.source_error.as_deref().unwrap().contains("failed"), "{:?}", report.source_error);
     assert_eq!(report.exit_code(), 1);
 }
 
@@ -263,9 +196,7 @@ fn two_sessions_side_by_side_on_one_host() {
     let handles: Vec<_> = ["left", "right"]
         .into_iter()
         .map(|s| {
-            thread::spawn(move || {
-                stream_to_files(s, 3, pattern(CHUNK_SIZE * 3, s.len() as u64), |_| {})
-            })
+            thread::spawn(move || stream_to_files(s, 3, pattern(CHUNK_SIZE * 3, s.len() as u64), |_| {}))
         })
         .collect();
     for h in handles {

@@ -13,51 +13,25 @@ use kacast::protocol::{Frame, Header, Hello, Kind, Role, HEADER_LEN, MAGIC};
 use kacast::session::Server;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn kacast(args: &[&str]) -> Command {
     let mut c = Command::new(kacast_bin());
-    c.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     c
 }
 
 fn server_cmd(session: &str, port: u16, extra: &[&str]) -> Command {
     let port = port.to_string();
-    let mut args = vec![
-        "server",
-        "-s",
-        session,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--no-discovery",
-    ];
+    let mut args = vec!["server", "-s", session, "--bind", "127.0.0.1", "--port", &port, "--no-discovery"];
     args.extend_from_slice(extra);
     kacast(&args)
 }
 
 fn client_cmd(session: &str, port: u16, name: &str, extra: &[&str]) -> Command {
     let server = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "client",
-        "-s",
-        session,
-        "--server",
-        &server,
-        "--name",
-        name,
-        "--bind",
-        "127.0.0.1",
-    ];
+    let mut args = vec!["client", "-s", session, "--server", &server, "--name", name, "--bind", "127.0.0.1"];
     args.extend_from_slice(extra);
     kacast(&args)
 }
@@ -67,11 +41,7 @@ fn finish(child: Child) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Waits for `cond` to hold, checking every few milliseconds, up to `limit`.
@@ -113,48 +83,23 @@ fn a_failing_node_lands_in_ko_and_the_server_exits_2() {
     .spawn()
     .unwrap();
     let out = |n: &str| d.join(n).to_str().unwrap().to_string();
-    let good1 = client_cmd(
-        "kainstall",
-        port,
-        "node1",
-        &["-e", &format!("cat > {}", out("c1"))],
-    )
-    .spawn()
-    .unwrap();
-    let bad = client_cmd(
-        "kainstall",
-        port,
-        "node2",
-        &["-e", "tar -x -C /nonexistent-kacast-dir"],
-    )
-    .spawn()
-    .unwrap();
-    let good3 = client_cmd("kainstall", port, "node3", &["--to-file", &out("c3")])
-        .spawn()
-        .unwrap();
+    let good1 =
+        client_cmd("kainstall", port, "node1", &["-e", &format!("cat > {}", out("c1"))]).spawn().unwrap();
+    let bad =
+        client_cmd("kainstall", port, "node2", &["-e", "tar -x -C /nonexistent-kacast-dir"]).spawn().unwrap();
+    let good3 = client_cmd("kainstall", port, "node3", &["--to-file", &out("c3")]).spawn().unwrap();
     let (g1, b, g3) = (finish(good1), finish(bad), finish(good3));
     let s = finish(server);
     assert!(g1.status.success(), "{}", text(&g1));
     assert!(g3.status.success(), "{}", text(&g3));
-    assert!(
-        !b.status.success(),
-        "a client whose command fails must exit non-zero: {}",
-        text(&b)
-    );
+    assert!(!b.status.success(), "a client whose command fails must exit non-zero: {}", text(&b));
     assert_eq!(s.status.code(), Some(2), "{}", text(&s));
     let table = text(&s);
-    assert!(
-        table.contains("Total data sent") && table.contains("The pipeline was emptied in"),
-        "{table}"
-    );
+    assert!(table.contains("Total data sent") && table.contains("The pipeline was emptied in"), "{table}");
     assert_eq!(std::fs::read_to_string(&ok).unwrap(), "node1\nnode3\n");
     let ko_text = std::fs::read_to_string(&ko).unwrap();
-    assert!(
-        ko_text.starts_with("node2\t") && ko_text.contains("exited with status 2"),
-        "{ko_text}"
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(ko_text.starts_with("node2\t") && ko_text.contains("exited with status 2"), "{ko_text}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let nodes = json["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3);
     assert_eq!(nodes[1]["name"], "node2");
@@ -164,14 +109,8 @@ fn a_failing_node_lands_in_ko_and_the_server_exits_2() {
     for key in ["address", "duration_s", "error"] {
         assert!(nodes[0].get(key).is_some(), "report lacks {key}");
     }
-    assert_eq!(
-        std::fs::read(d.join("c1")).unwrap(),
-        std::fs::read(&input).unwrap()
-    );
-    assert_eq!(
-        std::fs::read(d.join("c3")).unwrap(),
-        std::fs::read(&input).unwrap()
-    );
+    assert_eq!(std::fs::read(d.join("c1")).unwrap(), std::fs::read(&input).unwrap());
+    assert_eq!(std::fs::read(d.join("c3")).unwrap(), std::fs::read(&input).unwrap());
 }
 
 /// Sends raw bytes to a control port and returns the refusal the server answers.
@@ -192,41 +131,27 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
     let server = Server::bind(loopback_server("sturdy", 2)).unwrap();
     let addr = server.control_addr();
     let run = std::thread::spawn(move || {
-        server.run(kacast::session::Input::Reader(Box::new(
-            std::io::Cursor::new(vec![7u8; 5000]),
-        )))
+        server.run(kacast::session::Input::Reader(Box::new(std::io::Cursor::new(vec![7u8; 5000]))))
     });
 
     let why = refusal_for(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(why.contains("unknown frame kind 0x47"), "{why}");
 
-    let mut old = Frame::Hello(Hello {
-        session: "sturdy".into(),
-        name: "old".into(),
-        role: Role::Node,
-        data_port: 1,
-    })
-    .encode();
-    old[HEADER_LEN + MAGIC.len()..HEADER_LEN + MAGIC.len() + 2]
-        .copy_from_slice(&99u16.to_be_bytes());
+    let mut old =
+        Frame::Hello(Hello { session: "sturdy".into(), name: "old".into(), role: Role::Node, data_port: 1 })
+            .encode();
+    old[HEADER_LEN + MAGIC.len()..HEADER_LEN + MAGIC.len() + 2].copy_from_slice(&99u16.to_be_bytes());
     let why = refusal_for(addr, &old);
-    assert!(
-        why.contains("peer speaks version 99, this kacast speaks version 1"),
-        "{why}"
-    );
+    assert!(why.contains("peer speaks version 99, this kacast speaks version 1"), "{why}");
 
     let mut huge = Header::encode(Kind::Hello, 0).to_vec();
     huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
     let why = refusal_for(addr, &huge);
     assert!(why.contains("more than its maximum"), "{why}");
 
-    let wrong = Frame::Hello(Hello {
-        session: "other".into(),
-        name: "x".into(),
-        role: Role::Node,
-        data_port: 1,
-    })
-    .encode();
+    let wrong =
+        Frame::Hello(Hello { session: "other".into(), name: "x".into(), role: Role::Node, data_port: 1 })
+            .encode();
     let why = refusal_for(addr, &wrong);
     assert_eq!(why, "this server runs session 'sturdy', not 'other'");
 
@@ -242,35 +167,21 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
 #[test]
 fn a_client_without_server_gives_up_after_its_tries() {
     let port = free_port();
-    let o = client_cmd(
-        "lonely",
-        port,
-        "n1",
-        &["--discard", "--tries", "3", "--retry-interval", "0.05"],
-    )
-    .output()
-    .unwrap();
+    let o = client_cmd("lonely", port, "n1", &["--discard", "--tries", "3", "--retry-interval", "0.05"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     let t = text(&o);
-    assert!(
-        t.contains("no kacast server answered for session 'lonely' after 3 tries"),
-        "{t}"
-    );
+    assert!(t.contains("no kacast server answered for session 'lonely' after 3 tries"), "{t}");
     assert!(t.contains("try 3/3"), "{t}");
 }
 
 #[test]
 fn go_starts_a_session_with_the_nodes_already_there() {
     let port = free_port();
-    let server = server_cmd("early", port, &["-e", "printf hello"])
-        .spawn()
-        .unwrap();
-    let a = client_cmd("early", port, "a", &["--discard"])
-        .spawn()
-        .unwrap();
-    let b = client_cmd("early", port, "b", &["--discard"])
-        .spawn()
-        .unwrap();
+    let server = server_cmd("early", port, &["-e", "printf hello"]).spawn().unwrap();
+    let a = client_cmd("early", port, "a", &["--discard"]).spawn().unwrap();
+    let b = client_cmd("early", port, "b", &["--discard"]).spawn().unwrap();
     // The server logs each join; wait until both are in before saying go.
     let mut joined = false;
     let mut log = String::new();
@@ -291,9 +202,7 @@ fn go_starts_a_session_with_the_nodes_already_there() {
     }
     assert!(joined, "{log}");
     let port_s = format!("127.0.0.1:{port}");
-    let go = kacast(&["go", "-s", "early", "--server", &port_s])
-        .output()
-        .unwrap();
+    let go = kacast(&["go", "-s", "early", "--server", &port_s]).output().unwrap();
     assert!(go.status.success(), "{}", text(&go));
     let s = finish(server);
     assert_eq!(s.status.code(), Some(0), "{}", text(&s));
@@ -312,25 +221,18 @@ fn start_after_waits_for_min_nodes() {
     };
     let addr = server.control_addr();
     let stats = server.stats();
-    let run = std::thread::spawn(move || {
-        server.run(kacast::session::Input::Command("printf abc".into()))
-    });
+    let run = std::thread::spawn(move || server.run(kacast::session::Input::Command("printf abc".into())));
     let first = spawn_clients("timed", addr, vec![kacast::chain::Sink::Discard]);
     // Well past the timer with one node: still waiting for the second.
-    assert!(wait_until(Duration::from_secs(5), || stats
-        .joined
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 1));
+    assert!(
+        wait_until(Duration::from_secs(5), || stats.joined.load(std::sync::atomic::Ordering::Relaxed) == 1)
+    );
     assert!(!wait_until(Duration::from_millis(600), || stats
         .started
         .load(std::sync::atomic::Ordering::Relaxed)));
-    let second = kacast::session::Client::bind(loopback_client(
-        "timed",
-        addr,
-        "second",
-        kacast::chain::Sink::Discard,
-    ))
-    .unwrap();
+    let second =
+        kacast::session::Client::bind(loopback_client("timed", addr, "second", kacast::chain::Sink::Discard))
+            .unwrap();
     let h = std::thread::spawn(move || second.run());
     let report = run.join().unwrap().unwrap();
     assert_eq!(report.nodes.len(), 2);
@@ -343,26 +245,11 @@ fn start_after_waits_for_min_nodes() {
 
 #[test]
 fn bad_command_lines_name_the_problem() {
-    let o = kacast(&[
-        "server",
-        "-s",
-        "bad name",
-        "-n",
-        "1",
-        "-e",
-        "true",
-        "--no-discovery",
-        "--port",
-        "0",
-    ])
-    .output()
-    .unwrap();
+    let o = kacast(&["server", "-s", "bad name", "-n", "1", "-e", "true", "--no-discovery", "--port", "0"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
-    assert!(
-        text(&o).contains("invalid session name \"bad name\""),
-        "{}",
-        text(&o)
-    );
+    assert!(text(&o).contains("invalid session name \"bad name\""), "{}", text(&o));
     let o = kacast(&[
         "server",
         "-s",
@@ -379,27 +266,11 @@ fn bad_command_lines_name_the_problem() {
     ])
     .output()
     .unwrap();
-    assert!(
-        text(&o).contains("--arity must be 1 to 4, not 7"),
-        "{}",
-        text(&o)
-    );
-    let o = kacast(&[
-        "server", "-s", "x", "-n", "1", "-e", "true", "--buffer", "12Q",
-    ])
-    .output()
-    .unwrap();
+    assert!(text(&o).contains("--arity must be 1 to 4, not 7"), "{}", text(&o));
+    let o = kacast(&["server", "-s", "x", "-n", "1", "-e", "true", "--buffer", "12Q"]).output().unwrap();
     assert!(text(&o).contains("invalid size '12Q'"), "{}", text(&o));
-    let o = kacast(&["client", "-s", "x", "--server", "h:port", "--discard"])
-        .output()
-        .unwrap();
-    assert!(
-        text(&o).contains("invalid server address 'h:port'"),
-        "{}",
-        text(&o)
-    );
-    let o = kacast(&["client", "-s", "x", "--discard", "--to-dir", "/tmp/x"])
-        .output()
-        .unwrap();
+    let o = kacast(&["client", "-s", "x", "--server", "h:port", "--discard"]).output().unwrap();
+    assert!(text(&o).contains("invalid server address 'h:port'"), "{}", text(&o));
+    let o = kacast(&["client", "-s", "x", "--discard", "--to-dir", "/tmp/x"]).output().unwrap();
     assert!(!o.status.success());
 }

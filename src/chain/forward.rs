@@ -1,20 +1,22 @@
-//! Relays the ring to one child node.
+//! Relays the stream to one child node.
 
 use std::io::Read;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use super::ring::{Finish, Next, RingReader};
+use super::ring::{Finish, Next, Ring, RingReader};
+use super::source::fill;
 use crate::connection::FrameWriter;
-use crate::protocol::Frame;
+use crate::protocol::{End, Frame};
 
 /// How long a child may take to close its side after the end frame. It closes as
 /// soon as it has read the end frame, so this only bounds a broken child.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
-/// Sends every chunk, then the end frame, then waits for the child to close: its
-/// close is the acknowledgement that every byte arrived. On failure the reader is
-/// dropped (detached) so this child no longer holds back the others.
+/// Sends every chunk from the reader's position, then the end frame, then waits
+/// for the child to close: its close is the acknowledgement that every byte
+/// arrived. On failure the reader is dropped (detached) so this child no longer
+/// holds back the others.
 pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, String> {
     let mut sent = 0u64;
     loop {
@@ -23,27 +25,70 @@ pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, St
                 child.write_data(&chunk).map_err(|e| e.to_string())?;
                 sent += chunk.len() as u64;
             }
-            Next::Finished(Finish::Complete(end)) => {
+            Next::Finished(finish) => {
                 drop(reader);
-                child
-                    .write_frame(&Frame::End(end))
-                    .map_err(|e| e.to_string())?;
-                let _ = child.stream().shutdown(Shutdown::Write);
-                let _ = child.stream().set_read_timeout(Some(CLOSE_WAIT));
-                let mut rest = [0u8; 64];
-                let _ = (&mut child.stream()).read(&mut rest);
-                return Ok(sent);
+                return finish_child(child, finish).map(|()| sent);
             }
-            Next::Finished(Finish::Failed(why)) => {
-                // The reason travels down the chain so every node reports the cause,
-                // not just "upstream closed"; closing without an end frame is the
-                // failure signal even if this frame is lost.
-                let _ = child.write_frame(&Frame::Abort {
-                    reason: why.clone(),
-                });
-                let _ = child.stream().shutdown(Shutdown::Both);
-                return Err(why);
-            }
+        }
+    }
+}
+
+/// Feeds a child from a re-read of the input (the server, when its ring no
+/// longer holds the child's offset). Chunks are cut at the same boundaries as
+/// the live stream, which starts every chunk at a multiple of `chunk_size`.
+pub fn forward_reader(
+    mut input: Box<dyn Read + Send>,
+    offset: u64,
+    chunk_size: usize,
+    ring: &Ring,
+    mut child: FrameWriter,
+) -> Result<u64, String> {
+    let mut sent = 0u64;
+    let mut buf = Vec::with_capacity(chunk_size);
+    loop {
+        fill(&mut input, &mut buf, chunk_size)
+            .map_err(|e| format!("re-reading the input at {}: {e}", offset + sent))?;
+        if buf.is_empty() {
+            break;
+        }
+        child.write_data(&buf).map_err(|e| e.to_string())?;
+        sent += buf.len() as u64;
+        if buf.len() < chunk_size {
+            break;
+        }
+    }
+    let finish = ring.wait_finish();
+    if let Finish::Complete(End { length, .. }) = &finish {
+        if offset + sent != *length {
+            let why = format!("the input changed: re-read {} bytes, the stream has {length}", offset + sent);
+            let _ = child.stream().shutdown(Shutdown::Both);
+            return Err(why);
+        }
+    }
+    finish_child(child, finish).map(|()| sent)
+}
+
+fn finish_child(mut child: FrameWriter, finish: Finish) -> Result<(), String> {
+    match finish {
+        Finish::Complete(end) => {
+            child.write_frame(&Frame::End(end)).map_err(|e| e.to_string())?;
+            let _ = child.stream().shutdown(Shutdown::Write);
+            let _ = child.stream().set_read_timeout(Some(CLOSE_WAIT));
+            let mut rest = [0u8; 64];
+            let _ = (&mut child.stream()).read(&mut rest);
+            Ok(())
+        }
+        Finish::Failed(why) => {
+            // The reason travels down the chain so every node reports the cause;
+            // closing without an end frame is the failure signal even if this
+            // frame is lost.
+            let _ = child.write_frame(&Frame::Abort { reason: why.clone() });
+            let _ = child.stream().shutdown(Shutdown::Both);
+            Err(why)
+        }
+        Finish::Abandoned(why) => {
+            let _ = child.stream().shutdown(Shutdown::Both);
+            Err(why)
         }
     }
 }

@@ -3,22 +3,22 @@
 //! Each process (the server or a node) holds one bounded [`Ring`] of chunks. One
 //! producer fills it (the server's [`source`], a node's [`receive`] from its
 //! upstream) and several readers drain it at their own pace: every child's
-//! [`forward`] thread and the node's local [`sink`]. The ring admits a chunk only
+//! [`forward`] thread (run by the node's [`Relay`]) and the node's local [`sink`]. The ring admits a chunk only
 //! when it has room, so the slowest reader sets the pace of its upstream: that is
 //! the back-pressure through the chain, and memory stays bounded by `--buffer`
 //! whatever the stream length.
 
-mod children;
 mod forward;
 mod receive;
+mod relay;
 mod ring;
 mod sink;
 mod source;
 mod stream;
 
-pub use children::{accept_children, ChildLink};
-pub use forward::forward;
-pub use receive::receive;
+pub use forward::{forward, forward_reader};
+pub use receive::{receive, UpstreamError};
+pub use relay::{ChildLink, Fallback, Relay};
 pub use ring::{Finish, Next, Ring, RingReader};
 pub use sink::{Sink, SinkOutcome};
 pub use source::pump;

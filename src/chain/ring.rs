@@ -1,6 +1,11 @@
-//! A bounded broadcast buffer: one producer, a fixed set of readers, each reading
-//! every chunk in order. Chunks are kept until space is needed, not merely until
-//! every reader has passed them, so the recent past stays available for replay.
+//! A bounded broadcast buffer: one producer, readers that each read every chunk
+//! in order, at their own pace.
+//!
+//! The capacity is split in two. The *window* (half) bounds how far the producer
+//! may run ahead of the slowest reader: that is the back-pressure. The other half
+//! keeps the most recent chunks every reader has passed, so a node that lost its
+//! upstream can reattach here and be replayed what it missed (`attach_at`). Memory
+//! never exceeds the capacity, plus one chunk when a single chunk is larger.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,7 +18,12 @@ pub type Chunk = Arc<Vec<u8>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
     Complete(End),
+    /// The stream itself failed (the server's input): every node fails, and the
+    /// reason travels down the chain.
     Failed(String),
+    /// This node gave up (declared dead, lost the server). Its children just see
+    /// their upstream close and wait to be reattached elsewhere.
+    Abandoned(String),
 }
 
 pub enum Next {
@@ -25,18 +35,28 @@ pub struct Ring {
     state: Mutex<State>,
     /// Readers wait here for new chunks or the end.
     data: Condvar,
-    /// The producer waits here for room.
+    /// The producer waits here for room (or for a reader to appear).
     space: Condvar,
     capacity: usize,
+    window: usize,
+}
+
+struct Stored {
+    /// Byte offset of the chunk's first byte in the stream.
+    offset: u64,
+    bytes: Chunk,
 }
 
 struct State {
-    chunks: VecDeque<Chunk>,
+    chunks: VecDeque<Stored>,
     /// Sequence number of `chunks[0]`.
     base: u64,
+    /// Bytes pushed so far: the offset the next chunk will have.
+    head_offset: u64,
     held: usize,
     readers: Vec<ReaderState>,
     finish: Option<Finish>,
+    closed: bool,
     producer_waiting: bool,
     /// Buffers of evicted chunks, reused so a long stream does not churn the allocator.
     spare: Vec<Vec<u8>>,
@@ -47,7 +67,7 @@ struct ReaderState {
     active: bool,
 }
 
-/// Why the producer should stop: nobody is left to read.
+/// Why the producer should stop: the ring was closed with nobody left to read.
 #[derive(Debug)]
 pub struct NoReaders;
 
@@ -57,20 +77,18 @@ impl Ring {
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
                 base: 0,
+                head_offset: 0,
                 held: 0,
-                readers: (0..readers)
-                    .map(|_| ReaderState {
-                        next: 0,
-                        active: true,
-                    })
-                    .collect(),
+                readers: (0..readers).map(|_| ReaderState { next: 0, active: true }).collect(),
                 finish: None,
+                closed: false,
                 producer_waiting: false,
                 spare: Vec::new(),
             }),
             data: Condvar::new(),
             space: Condvar::new(),
             capacity,
+            window: (capacity / 2).max(1),
         })
     }
 
@@ -79,11 +97,26 @@ impl Ring {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The handle of one of the readers the ring was created with.
     pub fn reader(self: &Arc<Ring>, id: usize) -> RingReader {
-        RingReader {
-            ring: Arc::clone(self),
-            id,
-        }
+        RingReader { ring: Arc::clone(self), id }
+    }
+
+    /// A new reader starting at byte `offset`, if the ring still holds it (or it
+    /// is exactly where the stream is now). `None` when that part is gone.
+    pub fn attach_at(self: &Arc<Ring>, offset: u64) -> Option<RingReader> {
+        let mut st = self.lock();
+        let seq = if offset == st.head_offset {
+            st.base + st.chunks.len() as u64
+        } else {
+            let i = st.chunks.iter().position(|c| c.offset == offset)?;
+            st.base + i as u64
+        };
+        st.readers.push(ReaderState { next: seq, active: true });
+        let id = st.readers.len() - 1;
+        drop(st);
+        self.space.notify_all();
+        Some(RingReader { ring: Arc::clone(self), id })
     }
 
     /// An empty buffer of `size` bytes of capacity, recycled when possible.
@@ -94,25 +127,32 @@ impl Ring {
         spare
     }
 
-    /// Appends a chunk, waiting while the ring is full. Fails when every reader has
-    /// detached, so the producer can stop early.
+    /// Appends a chunk, waiting while the slowest reader is a window behind, or
+    /// while no reader is attached (one may reattach). Fails once the ring is
+    /// closed with no reader left.
     pub fn push(&self, chunk: Vec<u8>) -> Result<(), NoReaders> {
         let len = chunk.len();
         let mut st = self.lock();
         loop {
-            if !st.readers.iter().any(|r| r.active) {
-                return Err(NoReaders);
-            }
-            st.evict_for(len, self.capacity);
-            if st.held + len <= self.capacity || st.chunks.is_empty() {
-                break;
+            match st.slowest_offset() {
+                None if st.closed => return Err(NoReaders),
+                None => {}
+                Some(slowest) => {
+                    let ahead = (st.head_offset - slowest) as usize;
+                    if ahead + len <= self.window || ahead == 0 {
+                        st.evict_for(len, self.capacity);
+                        break;
+                    }
+                }
             }
             st.producer_waiting = true;
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
             st.producer_waiting = false;
         }
+        let offset = st.head_offset;
+        st.head_offset += len as u64;
         st.held += len;
-        st.chunks.push_back(Arc::new(chunk));
+        st.chunks.push_back(Stored { offset, bytes: Arc::new(chunk) });
         drop(st);
         self.data.notify_all();
         Ok(())
@@ -127,13 +167,30 @@ impl Ring {
         self.data.notify_all();
     }
 
+    /// Waits until the stream has ended and says how.
+    pub fn wait_finish(&self) -> Finish {
+        let mut st = self.lock();
+        loop {
+            if let Some(f) = &st.finish {
+                return f.clone();
+            }
+            st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// No reader will attach any more: a producer waiting for one gives up.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.space.notify_all();
+    }
+
     fn next(&self, id: usize) -> Next {
         let mut st = self.lock();
         loop {
             let pos = st.readers[id].next;
             let idx = pos.saturating_sub(st.base) as usize;
             if let Some(chunk) = st.chunks.get(idx) {
-                let chunk = Arc::clone(chunk);
+                let chunk = Arc::clone(&chunk.bytes);
                 st.readers[id].next = pos + 1;
                 let wake = st.producer_waiting;
                 drop(st);
@@ -167,23 +224,28 @@ impl Ring {
 }
 
 impl State {
+    fn offset_of(&self, seq: u64) -> u64 {
+        match self.chunks.get(seq.saturating_sub(self.base) as usize) {
+            Some(c) => c.offset,
+            None => self.head_offset,
+        }
+    }
+
+    /// Byte offset of the slowest active reader, `None` when there is none.
+    fn slowest_offset(&self) -> Option<u64> {
+        let seq = self.readers.iter().filter(|r| r.active).map(|r| r.next).min()?;
+        Some(self.offset_of(seq))
+    }
+
     /// Drops the oldest chunks every active reader has passed, until `len` more
-    /// bytes fit or nothing more can go.
+    /// bytes fit in the capacity.
     fn evict_for(&mut self, len: usize, capacity: usize) {
-        let slowest = self
-            .readers
-            .iter()
-            .filter(|r| r.active)
-            .map(|r| r.next)
-            .min()
-            .unwrap_or(u64::MAX);
+        let slowest = self.readers.iter().filter(|r| r.active).map(|r| r.next).min().unwrap_or(u64::MAX);
         while self.held + len > capacity && self.base < slowest {
-            let Some(old) = self.chunks.pop_front() else {
-                break;
-            };
+            let Some(old) = self.chunks.pop_front() else { break };
             self.base += 1;
-            self.held -= old.len();
-            if let Ok(buf) = Arc::try_unwrap(old) {
+            self.held -= old.bytes.len();
+            if let Ok(buf) = Arc::try_unwrap(old.bytes) {
                 if self.spare.len() < 4 {
                     self.spare.push(buf);
                 }
@@ -217,10 +279,17 @@ mod tests {
     use std::thread;
 
     fn end() -> Finish {
-        Finish::Complete(End {
-            length: 0,
-            hash: [0; 32],
-        })
+        Finish::Complete(End { length: 0, hash: [0; 32] })
+    }
+
+    fn drain(mut r: RingReader) -> (Vec<u8>, Finish) {
+        let mut got = Vec::new();
+        loop {
+            match r.next_chunk() {
+                Next::Chunk(c) => got.push(c[0]),
+                Next::Finished(f) => return (got, f),
+            }
+        }
     }
 
     #[test]
@@ -228,16 +297,8 @@ mod tests {
         let ring = Ring::new(10, 3);
         let readers: Vec<_> = (0..3)
             .map(|i| {
-                let mut r = ring.reader(i);
-                thread::spawn(move || {
-                    let mut got = Vec::new();
-                    loop {
-                        match r.next_chunk() {
-                            Next::Chunk(c) => got.push(c[0]),
-                            Next::Finished(f) => return (got, f),
-                        }
-                    }
-                })
+                let r = ring.reader(i);
+                thread::spawn(move || drain(r))
             })
             .collect();
         for i in 0..200u8 {
@@ -255,16 +316,9 @@ mod tests {
     #[test]
     fn a_detached_reader_no_longer_holds_back_the_producer() {
         let ring = Ring::new(4, 2);
-        let slow = ring.reader(0);
-        let mut fast = ring.reader(1);
-        drop(slow);
-        let consumer = thread::spawn(move || {
-            let mut n = 0;
-            while let Next::Chunk(_) = fast.next_chunk() {
-                n += 1;
-            }
-            n
-        });
+        drop(ring.reader(0));
+        let fast = ring.reader(1);
+        let consumer = thread::spawn(move || drain(fast).0.len());
         for _ in 0..100 {
             ring.push(vec![0; 2]).unwrap();
         }
@@ -273,9 +327,10 @@ mod tests {
     }
 
     #[test]
-    fn push_fails_once_every_reader_has_gone() {
+    fn push_fails_once_closed_with_every_reader_gone() {
         let ring = Ring::new(4, 1);
         drop(ring.reader(0));
+        ring.close();
         assert!(ring.push(vec![1]).is_err());
     }
 
@@ -288,5 +343,52 @@ mod tests {
             Next::Chunk(c) => assert_eq!(c.len(), 10),
             Next::Finished(_) => panic!("expected the chunk"),
         }
+    }
+
+    #[test]
+    fn history_is_kept_for_replay_even_under_back_pressure() {
+        // 8 bytes: a window of 4 ahead of the reader, 4 of history behind it.
+        let ring = Ring::new(8, 1);
+        let mut r = ring.reader(0);
+        for i in 0..4u8 {
+            ring.push(vec![i; 2]).unwrap();
+            let _ = r.next_chunk();
+        }
+        ring.push(vec![4; 2]).unwrap();
+        ring.push(vec![5; 2]).unwrap();
+        // Chunks at offsets 4 and 6 are behind the reader but still held.
+        let (got, _) = {
+            let late = ring.attach_at(4).expect("offset 4 is still held");
+            ring.finish(end());
+            drain(late)
+        };
+        assert_eq!(got, [2, 3, 4, 5]);
+        assert!(ring.attach_at(0).is_none(), "offset 0 was evicted");
+        assert!(ring.attach_at(5).is_none(), "not a chunk boundary");
+        assert!(ring.attach_at(12).is_some(), "the head itself");
+        assert!(ring.held() <= 8);
+    }
+
+    #[test]
+    fn a_producer_without_readers_waits_for_one_to_attach() {
+        let ring = Ring::new(8, 1);
+        drop(ring.reader(0));
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || {
+                for i in 0..10u8 {
+                    ring.push(vec![i; 2]).unwrap();
+                }
+                ring.finish(end());
+            })
+        };
+        let late = loop {
+            // Offset 0 is held until the producer has room to need it back.
+            if let Some(r) = ring.attach_at(0) {
+                break r;
+            }
+        };
+        assert_eq!(drain(late).0, (0..10).collect::<Vec<u8>>());
+        producer.join().unwrap();
     }
 }

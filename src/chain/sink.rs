@@ -61,23 +61,14 @@ impl Sink {
             Sink::File(path) => (None, write_file(path, &mut stream).err()),
             Sink::Discard => (None, None),
         };
-        let Verdict {
-            bytes,
-            hash_ok,
-            error,
-        } = stream.verdict();
+        let Verdict { bytes, hash_ok, error } = stream.verdict();
         // A broken stream explains a failing sink better than the sink's own error.
         let error = match (error, sink_error) {
             (Some(e), _) => Some(e),
             (None, Some(e)) => Some(format!("{self}: {e}")),
             (None, None) => None,
         };
-        SinkOutcome {
-            bytes,
-            hash_ok,
-            status,
-            error,
-        }
+        SinkOutcome { bytes, hash_ok, status, error }
     }
 }
 
@@ -85,16 +76,11 @@ impl Sink {
 const STDERR_TAIL: usize = 5;
 
 fn run_command(cmd: &str, stream: &mut StreamReader) -> (Option<i32>, Option<String>) {
-    let mut child = match Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (None, Some(format!("cannot start: {e}"))),
-    };
+    let mut child =
+        match Command::new("sh").arg("-c").arg(cmd).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+            Ok(c) => c,
+            Err(e) => return (None, Some(format!("cannot start: {e}"))),
+        };
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let stderr = child.stderr.take().map(|err| {
         let tail = Arc::clone(&tail);
@@ -122,22 +108,12 @@ fn run_command(cmd: &str, stream: &mut StreamReader) -> (Option<i32>, Option<Str
     if let Some(h) = stderr {
         let _ = h.join();
     }
-    let tail: Vec<String> = tail
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain(..)
-        .collect();
-    let said = if tail.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", tail.join(" | "))
-    };
+    let tail: Vec<String> = tail.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+    let said = if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" | ")) };
     match status {
         Ok(s) if s.success() && write_error.is_none() => (Some(0), None),
         Ok(s) => match s.code() {
-            Some(code) if code != 0 => {
-                (Some(code), Some(format!("exited with status {code}{said}")))
-            }
+            Some(code) if code != 0 => (Some(code), Some(format!("exited with status {code}{said}"))),
             Some(code) => (
                 Some(code),
                 Some(format!(
@@ -161,9 +137,7 @@ fn unpack(dir: &PathBuf, stream: &mut StreamReader) -> Result<(), String> {
     // Numeric owners only mean something when we may chown, i.e. as root.
     // SAFETY: geteuid has no preconditions.
     archive.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
-    archive
-        .unpack(dir)
-        .map_err(|e| format!("unpacking the tar stream failed: {e}"))
+    archive.unpack(dir).map_err(|e| format!("unpacking the tar stream failed: {e}"))
 }
 
 fn write_file(path: &PathBuf, stream: &mut StreamReader) -> Result<(), String> {
@@ -175,13 +149,10 @@ fn write_file(path: &PathBuf, stream: &mut StreamReader) -> Result<(), String> {
         .map_err(|e| format!("cannot open: {e}"))?;
     // A regular file is replaced; a block device is written over from its start.
     if file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        file.set_len(0)
-            .map_err(|e| format!("cannot truncate: {e}"))?;
+        file.set_len(0).map_err(|e| format!("cannot truncate: {e}"))?;
     }
     while let Some(chunk) = stream.next_chunk() {
-        file.write_all(&chunk)
-            .map_err(|e| format!("write failed after {} bytes: {e}", stream.bytes()))?;
+        file.write_all(&chunk).map_err(|e| format!("write failed after {} bytes: {e}", stream.bytes()))?;
     }
-    file.sync_all()
-        .map_err(|e| format!("flushing to disk failed: {e}"))
+    file.sync_all().map_err(|e| format!("flushing to disk failed: {e}"))
 }

@@ -9,12 +9,7 @@ use crate::protocol::End;
 
 /// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting bytes
 /// into `sent`. Returns the end frame (also stored in the ring), or why it stopped.
-pub fn pump(
-    mut input: impl Read,
-    ring: &Ring,
-    chunk_size: usize,
-    sent: &AtomicU64,
-) -> Result<End, String> {
+pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU64) -> Result<End, String> {
     let mut hasher = blake3::Hasher::new();
     let mut length = 0u64;
     loop {
@@ -43,17 +38,14 @@ pub fn pump(
             break;
         }
     }
-    let end = End {
-        length,
-        hash: *hasher.finalize().as_bytes(),
-    };
+    let end = End { length, hash: *hasher.finalize().as_bytes() };
     ring.finish(Finish::Complete(end));
     Ok(end)
 }
 
 /// Fills `buf` up to `size` bytes, stopping early only at end of input. Pipes hand
 /// out 64 KiB at a time; full chunks keep frames few and large.
-fn fill(input: &mut impl Read, buf: &mut Vec<u8>, size: usize) -> io::Result<()> {
+pub(crate) fn fill(input: &mut impl Read, buf: &mut Vec<u8>, size: usize) -> io::Result<()> {
     buf.resize(size, 0);
     let mut got = 0;
     while got < size {

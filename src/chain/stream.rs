@@ -1,6 +1,8 @@
 //! The local copy of the stream as a hashed `Read`, for the node's own sink.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::ring::{Chunk, Finish, Next, RingReader};
 use crate::protocol::End;
@@ -14,6 +16,9 @@ pub struct StreamReader {
     bytes: u64,
     current: Option<(Chunk, usize)>,
     finish: Option<Finish>,
+    /// Bytes handed to the sink so far, read by the heartbeat: a sink that stops
+    /// taking bytes is how a hung disk shows.
+    taken: Arc<AtomicU64>,
 }
 
 /// What the node received, checked against the end-of-stream frame.
@@ -27,13 +32,11 @@ pub struct Verdict {
 
 impl StreamReader {
     pub fn new(reader: RingReader) -> StreamReader {
-        StreamReader {
-            reader,
-            hasher: blake3::Hasher::new(),
-            bytes: 0,
-            current: None,
-            finish: None,
-        }
+        StreamReader::with_counter(reader, Arc::new(AtomicU64::new(0)))
+    }
+
+    pub fn with_counter(reader: RingReader, taken: Arc<AtomicU64>) -> StreamReader {
+        StreamReader { reader, hasher: blake3::Hasher::new(), bytes: 0, current: None, finish: None, taken }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -55,6 +58,7 @@ impl StreamReader {
             Next::Chunk(c) => {
                 self.hasher.update(&c);
                 self.bytes += c.len() as u64;
+                self.taken.store(self.bytes, Ordering::Relaxed);
                 Some(c)
             }
             Next::Finished(f) => {
@@ -84,22 +88,14 @@ impl StreamReader {
                 } else {
                     None
                 };
-                Verdict {
-                    bytes,
-                    hash_ok: error.is_none(),
-                    error,
-                }
+                Verdict { bytes, hash_ok: error.is_none(), error }
             }
-            Some(Finish::Failed(why)) => Verdict {
-                bytes,
-                hash_ok: false,
-                error: Some(why),
-            },
-            None => Verdict {
-                bytes,
-                hash_ok: false,
-                error: Some("stream ended without an end frame".into()),
-            },
+            Some(Finish::Failed(why) | Finish::Abandoned(why)) => {
+                Verdict { bytes, hash_ok: false, error: Some(why) }
+            }
+            None => {
+                Verdict { bytes, hash_ok: false, error: Some("stream ended without an end frame".into()) }
+            }
         }
     }
 }
@@ -120,7 +116,9 @@ impl Read for StreamReader {
                 Some(c) => self.current = Some((c, 0)),
                 None => {
                     return match &self.finish {
-                        Some(Finish::Failed(why)) => Err(io::Error::other(why.clone())),
+                        Some(Finish::Failed(why) | Finish::Abandoned(why)) => {
+                            Err(io::Error::other(why.clone()))
+                        }
                         _ => Ok(0),
                     }
                 }

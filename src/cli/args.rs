@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "kacast",
-    version,
-    about = "Clone a golden node onto a whole rack at wire speed"
-)]
+#[command(name = "kacast", version, about = "Clone a golden node onto a whole rack at wire speed")]
 pub struct Cli {
     /// More log output (-v debug, -vv trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -49,12 +45,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECS")]
     pub start_after: Option<f64>,
     /// Stream the stdout of this shell command
-    #[arg(
-        short = 'e',
-        long = "exec",
-        value_name = "CMD",
-        conflicts_with = "input"
-    )]
+    #[arg(short = 'e', long = "exec", value_name = "CMD", conflicts_with = "input")]
     pub exec: Option<String>,
     /// Stream this file or block device ('-' for stdin)
     #[arg(short, long, value_name = "FILE")]
@@ -80,9 +71,9 @@ pub struct ServerArgs {
     /// UDP port for discovery broadcasts
     #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
     pub discovery_port: u16,
-    /// Seconds a node may take to connect for the stream once told where
-    #[arg(long, default_value_t = 60)]
-    pub link_timeout: u64,
+    /// Seconds after which a silent or stalling node is declared dead and bypassed
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
     /// Write the nodes that succeeded, one per line
     #[arg(long, value_name = "FILE")]
     pub ok: Option<PathBuf>,
@@ -142,9 +133,9 @@ pub struct ClientArgs {
     /// TCP port for this node's children (default: any free port)
     #[arg(long, default_value_t = 0)]
     pub data_port: u16,
-    /// Seconds a child may take to connect for the stream
-    #[arg(long, default_value_t = 60)]
-    pub link_timeout: u64,
+    /// Seconds of silence from the server after which this node gives up
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
 }
 
 #[derive(Args)]

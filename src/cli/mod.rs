@@ -43,11 +43,11 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KACAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn seconds(v: f64, option: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("invalid {option} {v}"))
 }
 
 fn buffer(s: &str) -> Result<usize> {
@@ -63,22 +63,19 @@ fn server(a: ServerArgs) -> Result<i32> {
         (Some(_), Some(_)) => unreachable!("clap refuses -e with -i"),
     };
     if a.nodes.is_none() && a.start_after.is_none() {
-        eprintln!(
-            "kacast: no -n or --start-after: waiting for `kacast go -s {}`",
-            a.session
-        );
+        eprintln!("kacast: no -n or --start-after: waiting for `kacast go -s {}`", a.session);
     }
     let mut c = ServerConfig::new(a.session);
     c.nodes = a.nodes;
     c.min_nodes = a.min;
-    c.start_after = a.start_after.map(Duration::from_secs_f64);
+    c.start_after = a.start_after.map(|s| seconds(s, "--start-after")).transpose()?;
     c.order = a.order.parse()?;
     c.arity = a.arity;
     c.buffer = buffer(&a.buffer)?;
     c.bind = a.bind;
     c.control_port = a.port;
     c.discovery_port = (!a.no_discovery).then_some(a.discovery_port);
-    c.link_timeout = Duration::from_secs(a.link_timeout);
+    c.timeout = seconds(a.timeout, "--timeout")?;
     let server = Server::bind(c)?;
     let stats = server.stats();
     let watcher = std::thread::spawn(move || progress::watch(stats));
@@ -101,8 +98,7 @@ fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
     let mut c = ClientConfig::new(l.session.clone(), sink);
     c.server = l.server.as_deref().map(str::parse).transpose()?;
     c.tries = l.tries;
-    c.retry_interval =
-        Duration::try_from_secs_f64(l.retry_interval).context("invalid --retry-interval")?;
+    c.retry_interval = seconds(l.retry_interval, "--retry-interval")?;
     c.discovery_port = l.discovery_port;
     Ok(c)
 }
@@ -124,7 +120,7 @@ fn client(a: ClientArgs) -> Result<i32> {
     c.buffer = buffer(&a.buffer)?;
     c.bind = a.bind;
     c.data_port = a.data_port;
-    c.link_timeout = Duration::from_secs(a.link_timeout);
+    c.timeout = seconds(a.timeout, "--timeout")?;
     let report = Client::bind(c)?.run()?;
     let o = &report.outcome;
     if report.ok() {
@@ -138,11 +134,7 @@ fn client(a: ClientArgs) -> Result<i32> {
         );
         Ok(0)
     } else {
-        eprintln!(
-            "kacast: node '{}' failed: {}",
-            report.name,
-            o.error.as_deref().unwrap_or("hash mismatch")
-        );
+        eprintln!("kacast: node '{}' failed: {}", report.name, o.error.as_deref().unwrap_or("hash mismatch"));
         Ok(1)
     }
 }
@@ -161,27 +153,13 @@ fn run_demo(a: DemoArgs) -> Result<i32> {
         kacast::size::human(size)
     );
     let outcome = demo::run(
-        DemoConfig {
-            nodes: a.nodes,
-            size,
-            arity: a.arity,
-            buffer: buffer(&a.buffer)?,
-            dir: a.keep,
-        },
+        DemoConfig { nodes: a.nodes, size, arity: a.arity, buffer: buffer(&a.buffer)?, dir: a.keep },
         progress::watch,
     )?;
     println!("{}", outcome.report.render());
-    let bad: Vec<&str> = outcome
-        .verified
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let bad: Vec<&str> = outcome.verified.iter().filter(|(_, ok)| !ok).map(|(n, _)| n.as_str()).collect();
     if bad.is_empty() {
-        println!(
-            "Every copy re-read from {} matches the source hash.",
-            outcome.dir.display()
-        );
+        println!("Every copy re-read from {} matches the source hash.", outcome.dir.display());
         Ok(outcome.report.exit_code())
     } else {
         println!("Copies that do NOT match the source: {}", bad.join(", "));

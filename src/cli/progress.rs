@@ -34,10 +34,7 @@ pub fn watch(stats: Arc<Stats>) {
         }
         let tail = Stats::get(&stats.slowest);
         let msg = if started_now && done + failed < nodes && tail > 0 {
-            format!(
-                "nodes {done} done, {failed} failed / {nodes}, last node at {}",
-                human(tail)
-            )
+            format!("nodes {done} done, {failed} failed / {nodes}, last node at {}", human(tail))
         } else if started_now {
             format!("nodes {done} done, {failed} failed / {nodes}")
         } else {
@@ -65,14 +62,9 @@ pub fn watch(stats: Arc<Stats>) {
             b.set_message(msg);
         } else if last_line.elapsed() >= PLAIN_EVERY {
             last_line = Instant::now();
-            let rate = started
-                .map(|t| sent as f64 / 1e6 / t.elapsed().as_secs_f64().max(1e-3))
-                .unwrap_or(0.0);
-            let of = if total > 0 {
-                format!(" of {}", human(total))
-            } else {
-                String::new()
-            };
+            let rate =
+                started.map(|t| sent as f64 / 1e6 / t.elapsed().as_secs_f64().max(1e-3)).unwrap_or(0.0);
+            let of = if total > 0 { format!(" of {}", human(total)) } else { String::new() };
             eprintln!("progress: sent {}{of} ({rate:.1} MB/s), {msg}", human(sent));
         }
         if stats.finished() {

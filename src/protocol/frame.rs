@@ -30,6 +30,8 @@ pub enum Kind {
     Report = 0x06,
     Bye = 0x07,
     Abort = 0x08,
+    Reattach = 0x09,
+    Detach = 0x0a,
     // data connection (child <- parent)
     DataHello = 0x10,
     Data = 0x11,
@@ -51,6 +53,8 @@ impl Kind {
             0x06 => Report,
             0x07 => Bye,
             0x08 => Abort,
+            0x09 => Reattach,
+            0x0a => Detach,
             0x10 => DataHello,
             0x11 => Data,
             0x12 => End,
@@ -71,6 +75,8 @@ impl Kind {
             Report => "report",
             Bye => "bye",
             Abort => "abort",
+            Reattach => "reattach",
+            Detach => "detach",
             DataHello => "data-hello",
             Data => "data",
             End => "end",
@@ -107,18 +113,11 @@ impl Header {
     pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header, ProtocolError> {
         let kind = Kind::from_u8(b[0])?;
         if b[1] != 0 {
-            return Err(ProtocolError::Flags {
-                kind: kind.name(),
-                flags: b[1],
-            });
+            return Err(ProtocolError::Flags { kind: kind.name(), flags: b[1] });
         }
         let len = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
         if len > kind.max_payload() {
-            return Err(ProtocolError::TooLong {
-                kind: kind.name(),
-                len,
-                max: kind.max_payload(),
-            });
+            return Err(ProtocolError::TooLong { kind: kind.name(), len, max: kind.max_payload() });
         }
         Ok(Header { kind, len })
     }
@@ -164,6 +163,9 @@ pub struct Assign {
     pub upstream: SocketAddr,
     /// Node ids that will connect to this node for the stream.
     pub children: Vec<u32>,
+    /// The server's data address: where to resume when an upstream no longer
+    /// holds this node's offset.
+    pub source: SocketAddr,
     /// Stream length when the server knows it (a file input), for progress.
     pub stream_len: Option<u64>,
 }
@@ -196,13 +198,24 @@ pub enum Frame {
         reason: String,
     },
     Assign(Assign),
+    /// Heartbeat with progress: from a node, bytes received and bytes its sink
+    /// has taken; from the server, bytes sent (and 0).
     Progress {
-        bytes: u64,
+        received: u64,
+        written: u64,
     },
     Report(Report),
     Bye,
     Abort {
         reason: String,
+    },
+    /// Server to node: your upstream is gone, resume from this one.
+    Reattach {
+        upstream: SocketAddr,
+    },
+    /// Server to node: stop relaying to this child (dead or done).
+    Detach {
+        node_id: u32,
     },
     DataHello {
         session: String,
@@ -228,6 +241,8 @@ impl Frame {
             Frame::Report(_) => Kind::Report,
             Frame::Bye => Kind::Bye,
             Frame::Abort { .. } => Kind::Abort,
+            Frame::Reattach { .. } => Kind::Reattach,
+            Frame::Detach { .. } => Kind::Detach,
             Frame::DataHello { .. } => Kind::DataHello,
             Frame::Data(_) => Kind::Data,
             Frame::End(_) => Kind::End,
@@ -252,17 +267,11 @@ impl Frame {
         let head: &[u8; HEADER_LEN] = buf
             .get(..HEADER_LEN)
             .and_then(|h| h.try_into().ok())
-            .ok_or(ProtocolError::Truncated {
-                kind: "any",
-                field: "header",
-            })?;
+            .ok_or(ProtocolError::Truncated { kind: "any", field: "header" })?;
         let header = Header::parse(head)?;
         let payload = &buf[HEADER_LEN..];
         if payload.len() < header.len as usize {
-            return Err(ProtocolError::Truncated {
-                kind: header.kind.name(),
-                field: "payload",
-            });
+            return Err(ProtocolError::Truncated { kind: header.kind.name(), field: "payload" });
         }
         if payload.len() > header.len as usize {
             return Err(ProtocolError::Trailing {
@@ -286,22 +295,13 @@ impl Frame {
                     r => return Err(f.bad("role", r as u64)),
                 };
                 let data_port = f.u16("data_port")?;
-                Frame::Hello(Hello {
-                    session,
-                    name,
-                    role,
-                    data_port,
-                })
+                Frame::Hello(Hello { session, name, role, data_port })
             }
             Kind::Welcome => {
                 greeting(&mut f)?;
-                Frame::Welcome {
-                    node_id: f.u32("node_id")?,
-                }
+                Frame::Welcome { node_id: f.u32("node_id")? }
             }
-            Kind::Refuse => Frame::Refuse {
-                reason: f.string("reason", MAX_REASON)?,
-            },
+            Kind::Refuse => Frame::Refuse { reason: f.string("reason", MAX_REASON)? },
             Kind::Assign => {
                 let index = f.u32("index")?;
                 let total = f.u32("total")?;
@@ -310,24 +310,15 @@ impl Frame {
                 if n > MAX_CHILDREN {
                     return Err(f.bad("children", n as u64));
                 }
-                let children = (0..n)
-                    .map(|_| f.u32("child"))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let children = (0..n).map(|_| f.u32("child")).collect::<Result<Vec<_>, _>>()?;
+                let source = socket_addr(&mut f, "source")?;
                 let stream_len = match f.u64("stream_len")? {
                     u64::MAX => None,
                     n => Some(n),
                 };
-                Frame::Assign(Assign {
-                    index,
-                    total,
-                    upstream,
-                    children,
-                    stream_len,
-                })
+                Frame::Assign(Assign { index, total, upstream, children, source, stream_len })
             }
-            Kind::Progress => Frame::Progress {
-                bytes: f.u64("bytes")?,
-            },
+            Kind::Progress => Frame::Progress { received: f.u64("received")?, written: f.u64("written")? },
             Kind::Report => {
                 let bytes = f.u64("bytes")?;
                 let hash_ok = boolean(&mut f, "hash_ok")?;
@@ -344,19 +335,15 @@ impl Frame {
                 })
             }
             Kind::Bye => Frame::Bye,
-            Kind::Abort => Frame::Abort {
-                reason: f.string("reason", MAX_REASON)?,
-            },
+            Kind::Abort => Frame::Abort { reason: f.string("reason", MAX_REASON)? },
+            Kind::Reattach => Frame::Reattach { upstream: socket_addr(&mut f, "upstream")? },
+            Kind::Detach => Frame::Detach { node_id: f.u32("node_id")? },
             Kind::DataHello => {
                 greeting(&mut f)?;
                 let session = session(&mut f)?;
                 let node_id = f.u32("node_id")?;
                 let offset = f.u64("offset")?;
-                Frame::DataHello {
-                    session,
-                    node_id,
-                    offset,
-                }
+                Frame::DataHello { session, node_id, offset }
             }
             Kind::Data => return Ok(Frame::Data(payload.to_vec())),
             Kind::End => {
@@ -366,18 +353,13 @@ impl Frame {
             }
             Kind::Discover => {
                 greeting(&mut f)?;
-                Frame::Discover {
-                    session: session(&mut f)?,
-                }
+                Frame::Discover { session: session(&mut f)? }
             }
             Kind::Offer => {
                 greeting(&mut f)?;
                 let session = session(&mut f)?;
                 let control_port = f.u16("control_port")?;
-                Frame::Offer(Offer {
-                    session,
-                    control_port,
-                })
+                Frame::Offer(Offer { session, control_port })
             }
         };
         f.finish()?;
@@ -398,9 +380,7 @@ impl Frame {
                 put_greeting(&mut p);
                 p.extend_from_slice(&node_id.to_be_bytes());
             }
-            Frame::Refuse { reason } | Frame::Abort { reason } => {
-                put_string(&mut p, reason, MAX_REASON)
-            }
+            Frame::Refuse { reason } | Frame::Abort { reason } => put_string(&mut p, reason, MAX_REASON),
             Frame::Assign(a) => {
                 p.extend_from_slice(&a.index.to_be_bytes());
                 p.extend_from_slice(&a.total.to_be_bytes());
@@ -410,9 +390,15 @@ impl Frame {
                 for c in children {
                     p.extend_from_slice(&c.to_be_bytes());
                 }
+                put_socket_addr(&mut p, a.source);
                 p.extend_from_slice(&a.stream_len.unwrap_or(u64::MAX).to_be_bytes());
             }
-            Frame::Progress { bytes } => p.extend_from_slice(&bytes.to_be_bytes()),
+            Frame::Progress { received, written } => {
+                p.extend_from_slice(&received.to_be_bytes());
+                p.extend_from_slice(&written.to_be_bytes());
+            }
+            Frame::Reattach { upstream } => put_socket_addr(&mut p, *upstream),
+            Frame::Detach { node_id } => p.extend_from_slice(&node_id.to_be_bytes()),
             Frame::Report(r) => {
                 p.extend_from_slice(&r.bytes.to_be_bytes());
                 p.push(r.hash_ok as u8);
@@ -422,11 +408,7 @@ impl Frame {
                 put_string(&mut p, r.error.as_deref().unwrap_or(""), MAX_REASON);
             }
             Frame::Bye => {}
-            Frame::DataHello {
-                session,
-                node_id,
-                offset,
-            } => {
+            Frame::DataHello { session, node_id, offset } => {
                 put_greeting(&mut p);
                 put_string(&mut p, session, MAX_SESSION);
                 p.extend_from_slice(&node_id.to_be_bytes());
@@ -468,10 +450,7 @@ fn greeting(f: &mut Fields<'_>) -> Result<(), ProtocolError> {
     }
     let peer = f.u16("version")?;
     if peer != VERSION {
-        return Err(ProtocolError::Version {
-            peer,
-            ours: VERSION,
-        });
+        return Err(ProtocolError::Version { peer, ours: VERSION });
     }
     Ok(())
 }
@@ -525,21 +504,15 @@ mod tests {
                 role: Role::Node,
                 data_port: 4000,
             }),
-            Frame::Hello(Hello {
-                session: "s".into(),
-                name: String::new(),
-                role: Role::Go,
-                data_port: 0,
-            }),
+            Frame::Hello(Hello { session: "s".into(), name: String::new(), role: Role::Go, data_port: 0 }),
             Frame::Welcome { node_id: 7 },
-            Frame::Refuse {
-                reason: "late".into(),
-            },
+            Frame::Refuse { reason: "late".into() },
             Frame::Assign(Assign {
                 index: 3,
                 total: 8,
                 upstream: "[::1]:9".parse().unwrap(),
                 children: vec![4, 5],
+                source: "10.0.0.1:1".parse().unwrap(),
                 stream_len: Some(10),
             }),
             Frame::Assign(Assign {
@@ -547,11 +520,12 @@ mod tests {
                 total: 1,
                 upstream: "10.0.0.1:30764".parse().unwrap(),
                 children: vec![],
+                source: "[fe80::1]:2".parse().unwrap(),
                 stream_len: None,
             }),
-            Frame::Progress {
-                bytes: u64::MAX - 1,
-            },
+            Frame::Progress { received: u64::MAX - 1, written: 3 },
+            Frame::Reattach { upstream: "192.168.1.2:40000".parse().unwrap() },
+            Frame::Detach { node_id: 9 },
             Frame::Report(Report {
                 bytes: 5,
                 hash_ok: true,
@@ -567,27 +541,13 @@ mod tests {
                 error: Some("tar: x".into()),
             }),
             Frame::Bye,
-            Frame::Abort {
-                reason: "server stopping".into(),
-            },
-            Frame::DataHello {
-                session: "a.b-c_d".into(),
-                node_id: 1,
-                offset: 42,
-            },
+            Frame::Abort { reason: "server stopping".into() },
+            Frame::DataHello { session: "a.b-c_d".into(), node_id: 1, offset: 42 },
             Frame::Data(vec![1, 2, 3]),
             Frame::Data(vec![]),
-            Frame::End(End {
-                length: 3,
-                hash: [9; 32],
-            }),
-            Frame::Discover {
-                session: "getstage2".into(),
-            },
-            Frame::Offer(Offer {
-                session: "getstage2".into(),
-                control_port: 30765,
-            }),
+            Frame::End(End { length: 3, hash: [9; 32] }),
+            Frame::Discover { session: "getstage2".into() },
+            Frame::Offer(Offer { session: "getstage2".into(), control_port: 30765 }),
         ]
     }
 
@@ -599,11 +559,7 @@ mod tests {
             assert_eq!(Frame::parse(&bytes).as_ref(), Ok(&frame));
             // every strict prefix is "need more", never an error or a frame
             for cut in 0..bytes.len() {
-                assert_eq!(
-                    Frame::check(&bytes[..cut]),
-                    Ok(None),
-                    "{frame:?} cut at {cut}"
-                );
+                assert_eq!(Frame::check(&bytes[..cut]), Ok(None), "{frame:?} cut at {cut}");
             }
         }
     }
@@ -612,51 +568,24 @@ mod tests {
     fn oversized_length_is_refused_from_the_header_alone() {
         let mut head = Header::encode(Kind::Hello, 0);
         head[2..6].copy_from_slice(&(MAX_CONTROL_PAYLOAD + 1).to_be_bytes());
-        assert!(matches!(
-            Frame::check(&head),
-            Err(ProtocolError::TooLong { kind: "hello", .. })
-        ));
+        assert!(matches!(Frame::check(&head), Err(ProtocolError::TooLong { kind: "hello", .. })));
         let mut data = Header::encode(Kind::Data, 0);
         data[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            Header::parse(&data),
-            Err(ProtocolError::TooLong { kind: "data", .. })
-        ));
+        assert!(matches!(Header::parse(&data), Err(ProtocolError::TooLong { kind: "data", .. })));
     }
 
     #[test]
     fn garbage_and_versions_get_their_own_errors() {
-        assert_eq!(
-            Frame::check(b"GET / HTTP/1.1\r\n"),
-            Err(ProtocolError::UnknownKind(b'G'))
-        );
-        let mut hello = Frame::Discover {
-            session: "x".into(),
-        }
-        .encode();
+        assert_eq!(Frame::check(b"GET / HTTP/1.1\r\n"), Err(ProtocolError::UnknownKind(b'G')));
+        let mut hello = Frame::Discover { session: "x".into() }.encode();
         hello[HEADER_LEN + 6..HEADER_LEN + 8].copy_from_slice(&9u16.to_be_bytes());
-        assert_eq!(
-            Frame::parse(&hello),
-            Err(ProtocolError::Version {
-                peer: 9,
-                ours: VERSION
-            })
-        );
-        let mut magic = Frame::Discover {
-            session: "x".into(),
-        }
-        .encode();
+        assert_eq!(Frame::parse(&hello), Err(ProtocolError::Version { peer: 9, ours: VERSION }));
+        let mut magic = Frame::Discover { session: "x".into() }.encode();
         magic[HEADER_LEN] = b'X';
-        assert!(matches!(
-            Frame::parse(&magic),
-            Err(ProtocolError::BadMagic(_))
-        ));
+        assert!(matches!(Frame::parse(&magic), Err(ProtocolError::BadMagic(_))));
         let mut flags = Frame::Bye.encode();
         flags[1] = 0x80;
-        assert!(matches!(
-            Frame::parse(&flags),
-            Err(ProtocolError::Flags { .. })
-        ));
+        assert!(matches!(Frame::parse(&flags), Err(ProtocolError::Flags { .. })));
     }
 
     #[test]
@@ -664,29 +593,14 @@ mod tests {
         let mut bye = Frame::Bye.encode();
         bye[5] = 1;
         bye.push(0);
-        assert_eq!(
-            Frame::parse(&bye),
-            Err(ProtocolError::Trailing {
-                kind: "bye",
-                extra: 1
-            })
-        );
-        let mut report = Frame::Report(Report {
-            bytes: 0,
-            hash_ok: true,
-            sink_status: None,
-            duration_ms: 0,
-            error: None,
-        })
-        .encode();
+        assert_eq!(Frame::parse(&bye), Err(ProtocolError::Trailing { kind: "bye", extra: 1 }));
+        let mut report =
+            Frame::Report(Report { bytes: 0, hash_ok: true, sink_status: None, duration_ms: 0, error: None })
+                .encode();
         report[HEADER_LEN + 8] = 7;
         assert_eq!(
             Frame::parse(&report),
-            Err(ProtocolError::BadValue {
-                kind: "report",
-                field: "hash_ok",
-                value: 7
-            })
+            Err(ProtocolError::BadValue { kind: "report", field: "hash_ok", value: 7 })
         );
         let bad_session = {
             let mut p = Vec::new();
@@ -696,10 +610,7 @@ mod tests {
             out.extend(p);
             out
         };
-        assert!(matches!(
-            Frame::parse(&bad_session),
-            Err(ProtocolError::Session { .. })
-        ));
+        assert!(matches!(Frame::parse(&bad_session), Err(ProtocolError::Session { .. })));
     }
 
     #[test]

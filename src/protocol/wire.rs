@@ -13,26 +13,16 @@ impl<'a> Fields<'a> {
         Fields { kind, buf }
     }
 
-    pub(crate) fn bytes(
-        &mut self,
-        field: &'static str,
-        n: usize,
-    ) -> Result<&'a [u8], ProtocolError> {
+    pub(crate) fn bytes(&mut self, field: &'static str, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.buf.len() < n {
-            return Err(ProtocolError::Truncated {
-                kind: self.kind,
-                field,
-            });
+            return Err(ProtocolError::Truncated { kind: self.kind, field });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
         Ok(head)
     }
 
-    pub(crate) fn array<const N: usize>(
-        &mut self,
-        field: &'static str,
-    ) -> Result<[u8; N], ProtocolError> {
+    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtocolError> {
         let b = self.bytes(field, N)?;
         let mut out = [0u8; N];
         out.copy_from_slice(b);
@@ -60,33 +50,17 @@ impl<'a> Fields<'a> {
     }
 
     /// A u16-length-prefixed UTF-8 string of at most `max` bytes.
-    pub(crate) fn string(
-        &mut self,
-        field: &'static str,
-        max: usize,
-    ) -> Result<String, ProtocolError> {
+    pub(crate) fn string(&mut self, field: &'static str, max: usize) -> Result<String, ProtocolError> {
         let len = self.u16(field)? as usize;
         if len > max {
-            return Err(ProtocolError::FieldTooLong {
-                kind: self.kind,
-                field,
-                len,
-                max,
-            });
+            return Err(ProtocolError::FieldTooLong { kind: self.kind, field, len, max });
         }
         let raw = self.bytes(field, len)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| ProtocolError::Utf8 {
-            kind: self.kind,
-            field,
-        })
+        String::from_utf8(raw.to_vec()).map_err(|_| ProtocolError::Utf8 { kind: self.kind, field })
     }
 
     pub(crate) fn bad(&self, field: &'static str, value: u64) -> ProtocolError {
-        ProtocolError::BadValue {
-            kind: self.kind,
-            field,
-            value,
-        }
+        ProtocolError::BadValue { kind: self.kind, field, value }
     }
 
     /// Every field has been read: anything left is an error, not silently ignored.
@@ -94,10 +68,7 @@ impl<'a> Fields<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(ProtocolError::Trailing {
-                kind: self.kind,
-                extra: self.buf.len(),
-            })
+            Err(ProtocolError::Trailing { kind: self.kind, extra: self.buf.len() })
         }
     }
 }
@@ -119,19 +90,13 @@ pub fn validate_session(name: &str) -> Result<(), ProtocolError> {
         Some("it is empty")
     } else if name.len() > 64 {
         Some("it is longer than 64 characters")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         Some("only letters, digits, '.', '_' and '-' are allowed")
     } else {
         None
     };
     match why {
-        Some(why) => Err(ProtocolError::Session {
-            name: name.to_string(),
-            why,
-        }),
+        Some(why) => Err(ProtocolError::Session { name: name.to_string(), why }),
         None => Ok(()),
     }
 }

@@ -1,10 +1,14 @@
 //! A node's side of a session: find the server, join, take its place in the
 //! chain, feed the local sink while relaying to its children, report.
+//!
+//! When its upstream breaks, the node waits for the server to say where to
+//! resume (`Reattach`) and continues at the byte offset it has, so a dead node
+//! costs its neighbours a reconnection, not the deployment.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,9 +16,10 @@ use tracing::{debug, info, warn};
 
 use super::discovery::discover;
 use crate::chain::{
-    accept_children, receive, ChildLink, Ring, Sink, SinkOutcome, StreamReader, DEFAULT_BUFFER,
+    receive, ChildLink, Finish, Relay, Ring, Sink, SinkOutcome, StreamReader, UpstreamError, CHUNK_SIZE,
+    DEFAULT_BUFFER,
 };
-use crate::connection::Connection;
+use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{
     validate_session, Assign, Frame, Hello, Report, Role, DEFAULT_CONTROL_PORT, DISCOVERY_PORT,
@@ -31,32 +36,22 @@ impl std::str::FromStr for ServerAddress {
     type Err = Error;
     fn from_str(s: &str) -> Result<ServerAddress> {
         let bad = || {
-            Error::Config(format!(
-                "invalid server address '{s}': expected HOST, HOST:PORT or [IPv6]:PORT"
-            ))
+            Error::Config(format!("invalid server address '{s}': expected HOST, HOST:PORT or [IPv6]:PORT"))
         };
         if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(ServerAddress {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            });
+            return Ok(ServerAddress { host: addr.ip().to_string(), port: addr.port() });
         }
         if let Ok(ip) = s.trim_matches(['[', ']']).parse::<IpAddr>() {
-            return Ok(ServerAddress {
-                host: ip.to_string(),
-                port: DEFAULT_CONTROL_PORT,
-            });
+            return Ok(ServerAddress { host: ip.to_string(), port: DEFAULT_CONTROL_PORT });
         }
         match s.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() => Ok(ServerAddress {
-                host: host.to_string(),
-                port: port.parse().map_err(|_| bad())?,
-            }),
+            Some((host, port)) if !host.is_empty() => {
+                Ok(ServerAddress { host: host.to_string(), port: port.parse().map_err(|_| bad())? })
+            }
             Some(_) => Err(bad()),
-            None if !s.is_empty() && !s.contains(char::is_whitespace) => Ok(ServerAddress {
-                host: s.to_string(),
-                port: DEFAULT_CONTROL_PORT,
-            }),
+            None if !s.is_empty() && !s.contains(char::is_whitespace) => {
+                Ok(ServerAddress { host: s.to_string(), port: DEFAULT_CONTROL_PORT })
+            }
             None => Err(bad()),
         }
     }
@@ -79,7 +74,9 @@ pub struct ClientConfig {
     pub bind: IpAddr,
     pub data_port: u16,
     pub discovery_port: u16,
-    pub link_timeout: Duration,
+    /// Silence from the server after which this node gives up and exits
+    /// non-zero; also how long it waits to be reattached after losing its upstream.
+    pub timeout: Duration,
 }
 
 impl ClientConfig {
@@ -95,10 +92,18 @@ impl ClientConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             data_port: 0,
             discovery_port: DISCOVERY_PORT,
-            link_timeout: Duration::from_secs(60),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
+
+/// Default for `--timeout` on both sides: a few seconds, as Kascade's 3 s and
+/// ka-deploy's 5 s ping; long enough for a busy node's heartbeat to get through.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a node reports progress (its heartbeat): often enough that a
+/// `--timeout` of a few seconds sees many of them.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// What one node did.
 #[derive(Debug, Clone)]
@@ -122,11 +127,6 @@ pub struct Client {
     received: Arc<AtomicU64>,
 }
 
-/// Progress reports to the server this often: enough for a live display.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// How long to wait for the server's acknowledgement of our report.
-const BYE_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Client {
     /// Validates the configuration and binds the data port, so the node can accept
     /// its children the moment it is told about them.
@@ -138,13 +138,12 @@ impl Client {
         if config.tries == 0 {
             return Err(Error::Config("--tries must be at least 1".into()));
         }
+        if config.timeout.is_zero() {
+            return Err(Error::Config("--timeout must be more than 0".into()));
+        }
         let listener = TcpListener::bind((config.bind, config.data_port))
             .context(|| format!("listen on data port {}", config.data_port))?;
-        Ok(Client {
-            config,
-            listener,
-            received: Arc::new(AtomicU64::new(0)),
-        })
+        Ok(Client { config, listener, received: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Bytes received so far, for a progress display.
@@ -154,89 +153,57 @@ impl Client {
 
     pub fn run(self) -> Result<ClientReport> {
         let c = &self.config;
-        let data_port = self
-            .listener
-            .local_addr()
-            .context(|| "data address".into())?
-            .port();
+        let data_port = self.listener.local_addr().context(|| "data address".into())?.port();
         let (mut control, node_id) = join(c, Role::Node, data_port)?;
-        info!(
-            "joined session '{}' as '{}' via {}",
-            c.session,
-            c.name,
-            control.peer()
-        );
-        let assign = match control.expect_frame("before the session started")? {
-            Frame::Assign(a) => a,
-            Frame::Abort { reason } => return Err(Error::Aborted(reason)),
-            other => return Err(control.unexpected(&other, "while waiting for the start")),
+        info!("joined session '{}' as '{}' via {}", c.session, c.name, control.peer());
+        let taken = Arc::new(AtomicU64::new(0));
+        let writer = Arc::new(Mutex::new(control.writer()?));
+        let heartbeat = Heartbeat::start(Arc::clone(&writer), Arc::clone(&self.received), Arc::clone(&taken));
+
+        control.set_read_timeout(Some(c.timeout))?;
+        let assign = loop {
+            match control.read_frame() {
+                Ok(Some(Frame::Assign(a))) => break a,
+                Ok(Some(Frame::Progress { .. })) => {}
+                Ok(Some(Frame::Abort { reason })) => return Err(Error::Aborted(reason)),
+                Ok(Some(other)) => return Err(control.unexpected(&other, "while waiting for the start")),
+                Ok(None) => {
+                    return Err(Error::Aborted("the server closed the session before it started".into()))
+                }
+                Err(e) => return Err(lost(e, c.timeout)),
+            }
         };
         let started = Instant::now();
-        let Assign {
-            index,
-            total,
-            upstream,
-            children,
-            ..
-        } = assign;
-        info!(
-            "position {index}/{total}: upstream {upstream}, {} children",
-            children.len()
-        );
+        let Assign { index, total, upstream, children, source, .. } = assign;
+        info!("position {index}/{total}: upstream {upstream}, {} children", children.len());
 
         let ring = Ring::new(c.buffer, children.len() + 1);
         let sink = {
-            let (reader, sink) = (ring.reader(0), c.sink.clone());
-            thread::spawn(move || sink.run(StreamReader::new(reader)))
+            let (reader, sink, taken) = (ring.reader(0), c.sink.clone(), Arc::clone(&taken));
+            thread::spawn(move || sink.run(StreamReader::with_counter(reader, taken)))
         };
         let links: Vec<ChildLink> = children
             .iter()
             .enumerate()
-            .map(|(i, id)| ChildLink {
-                node_id: *id,
-                reader: ring.reader(i + 1),
-            })
+            .map(|(i, id)| ChildLink { node_id: *id, reader: ring.reader(i + 1) })
             .collect();
-        let relay = if links.is_empty() {
-            None
-        } else {
-            let listener = self
-                .listener
-                .try_clone()
-                .context(|| "clone data listener".into())?;
-            let (session, timeout) = (c.session.clone(), c.link_timeout);
-            Some(thread::spawn(move || {
-                accept_children(&listener, &session, links, timeout)
-            }))
-        };
-        let (stop_progress, ticker) = mpsc::channel::<()>();
-        let progress = {
-            let mut writer = control.writer()?;
-            let received = Arc::clone(&self.received);
-            thread::spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = ticker.recv_timeout(PROGRESS_EVERY)
-                {
-                    let bytes = received.load(Ordering::Relaxed);
-                    if writer.write_frame(&Frame::Progress { bytes }).is_err() {
-                        break;
-                    }
-                }
-            })
+        let listener = self.listener.try_clone().context(|| "clone data listener".into())?;
+        let relay = Arc::new(
+            Relay::start(listener, &c.session, Arc::clone(&ring), links, CHUNK_SIZE, None)
+                .context(|| "start relay".into())?,
+        );
+        let orders = Orders::new();
+        let control_thread = {
+            let (orders, relay, timeout) = (Arc::clone(&orders), Arc::clone(&relay), c.timeout);
+            thread::spawn(move || follow_server(control, &orders, &relay, timeout))
         };
 
-        let stream_result = Connection::connect(upstream, Duration::from_secs(10))
-            .and_then(|mut up| {
-                up.write_frame(&Frame::DataHello {
-                    session: c.session.clone(),
-                    node_id,
-                    offset: 0,
-                })?;
-                Ok(up)
-            })
-            .map_err(|e| format!("cannot reach upstream {upstream}: {e}"))
-            .and_then(|mut up| receive(&mut up, &ring, &self.received));
-        if let Err(why) = &stream_result {
-            ring.finish(crate::chain::Finish::Failed(why.clone()));
+        let finish = self.stream(node_id, upstream, source, &ring, &orders);
+        ring.finish(finish.clone());
+        if let Some(reason) = orders.fatal() {
+            // Declared dead or cut off: the sink may be hung; do not wait for it.
+            heartbeat.stop();
+            return Err(reason);
         }
         let outcome = sink.join().unwrap_or_else(|_| SinkOutcome {
             bytes: 0,
@@ -244,15 +211,7 @@ impl Client {
             status: None,
             error: Some("sink thread panicked".into()),
         });
-        if let Some(relay) = relay {
-            for (child, r) in relay.join().unwrap_or_default() {
-                if let Err(e) = r {
-                    warn!("relay to child node {child} failed: {e}");
-                }
-            }
-        }
-        let _ = stop_progress.send(());
-        let _ = progress.join();
+        heartbeat.stop();
         let duration = started.elapsed();
         let report = Report {
             bytes: outcome.bytes,
@@ -261,24 +220,228 @@ impl Client {
             duration_ms: duration.as_millis() as u64,
             error: outcome.error.clone(),
         };
-        control.write_frame(&Frame::Report(report))?;
-        control.set_read_timeout(Some(BYE_TIMEOUT))?;
-        match control.read_frame() {
-            Ok(Some(Frame::Bye)) => {}
-            Ok(other) => debug!("no bye from the server ({other:?})"),
-            Err(e) => warn!("server did not acknowledge the report: {e}"),
+        lock(&writer).write_frame(&Frame::Report(report))?;
+        // Keep relaying (an orphan may still be replayed from here) until the
+        // server ends the session.
+        let ended = orders.wait_end();
+        let _ = control_thread.join();
+        if let Ok(relay) = Arc::try_unwrap(relay) {
+            for (child, r) in relay.stop() {
+                if let Err(e) = r {
+                    debug!("relay to child node {child} ended: {e}");
+                }
+            }
         }
-        Ok(ClientReport {
-            name: c.name.clone(),
-            position: index,
-            total,
-            outcome,
-            duration,
-        })
+        if let Some(why) = ended {
+            warn!("{why}");
+        }
+        Ok(ClientReport { name: c.name.clone(), position: index, total, outcome, duration })
+    }
+
+    /// Receives the whole stream into the ring, reattaching wherever the server
+    /// says when the upstream breaks. Returns how the stream ended for this node.
+    fn stream(
+        &self,
+        node_id: u32,
+        first: SocketAddr,
+        source: SocketAddr,
+        ring: &Ring,
+        orders: &Orders,
+    ) -> Finish {
+        let c = &self.config;
+        let mut target = first;
+        loop {
+            if let Some(e) = orders.fatal() {
+                return Finish::Abandoned(e.to_string());
+            }
+            let offset = self.received.load(Ordering::Relaxed);
+            let result = match Connection::connect(target, Duration::from_secs(5)) {
+                Ok(mut up) => {
+                    orders.set_upstream(up.stream().try_clone().ok());
+                    match up.write_frame(&Frame::DataHello { session: c.session.clone(), node_id, offset }) {
+                        Ok(()) => receive(&mut up, ring, &self.received),
+                        Err(e) => Err(UpstreamError::Broken(e.to_string())),
+                    }
+                }
+                Err(e) => Err(UpstreamError::Broken(format!("cannot reach upstream {target}: {e}"))),
+            };
+            orders.set_upstream(None);
+            match result {
+                Ok(end) => return Finish::Complete(end),
+                Err(UpstreamError::Aborted(why)) => return Finish::Failed(why),
+                Err(UpstreamError::Refused(why)) if target != source => {
+                    info!("{target} no longer holds byte {offset} ({why}): resuming from the server");
+                    target = source;
+                }
+                Err(UpstreamError::Refused(why)) => {
+                    return Finish::Abandoned(format!("the server refused: {why}"))
+                }
+                Err(UpstreamError::Broken(why)) => {
+                    if let Some(next) = orders.take_redirect() {
+                        target = next;
+                        continue;
+                    }
+                    warn!("{why}; waiting to be reattached");
+                    // The server normally redirects within its timeout; after
+                    // twice that, resume from the server on our own.
+                    target = match orders.wait_redirect(c.timeout * 2) {
+                        Some(next) => next,
+                        None if orders.fatal().is_none() => source,
+                        None => continue,
+                    };
+                }
+            }
+            info!("resuming at byte {} from {target}", self.received.load(Ordering::Relaxed));
+        }
     }
 }
 
-/// Finds the server (by `--server` or broadcast, `tries` times) and says hello.
+/// Reads the server's orders for the rest of the session.
+fn follow_server(mut control: Connection, orders: &Orders, relay: &Relay, timeout: Duration) {
+    let _ = control.set_read_timeout(Some(timeout));
+    loop {
+        match control.read_frame() {
+            Ok(Some(Frame::Progress { .. })) => {}
+            Ok(Some(Frame::Reattach { upstream })) => {
+                info!("the server reattaches this node to {upstream}");
+                orders.redirect(upstream);
+            }
+            Ok(Some(Frame::Detach { node_id })) => relay.detach(node_id),
+            Ok(Some(Frame::Bye)) => return orders.end(None),
+            Ok(Some(Frame::Abort { reason })) => return orders.end(Some(Error::Aborted(reason))),
+            Ok(Some(other)) => {
+                return orders.end(Some(control.unexpected(&other, "during the session")));
+            }
+            Ok(None) => {
+                return orders.end(Some(Error::Aborted("the server closed the control connection".into())))
+            }
+            Err(e) => return orders.end(Some(lost(e, timeout))),
+        }
+    }
+}
+
+fn lost(e: Error, timeout: Duration) -> Error {
+    match &e {
+        Error::Io { err, .. }
+            if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+        {
+            Error::Aborted(format!("no word from the server for {}s: giving up", timeout.as_secs_f64()))
+        }
+        _ => Error::Aborted(format!("lost the server: {e}")),
+    }
+}
+
+/// What the server has told this node, shared between the thread reading the
+/// control connection and the one receiving the stream.
+struct Orders {
+    state: Mutex<OrdersState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct OrdersState {
+    redirect: Option<SocketAddr>,
+    /// The current upstream socket, cut when the server redirects us.
+    upstream: Option<TcpStream>,
+    ended: bool,
+    fatal: Option<String>,
+}
+
+impl Orders {
+    fn new() -> Arc<Orders> {
+        Arc::new(Orders { state: Mutex::new(OrdersState::default()), changed: Condvar::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OrdersState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_upstream(&self, s: Option<TcpStream>) {
+        self.lock().upstream = s;
+    }
+
+    fn redirect(&self, to: SocketAddr) {
+        let mut st = self.lock();
+        st.redirect = Some(to);
+        if let Some(s) = st.upstream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn take_redirect(&self) -> Option<SocketAddr> {
+        self.lock().redirect.take()
+    }
+
+    fn wait_redirect(&self, limit: Duration) -> Option<SocketAddr> {
+        let st = self.lock();
+        let (mut st, _) = self
+            .changed
+            .wait_timeout_while(st, limit, |s| s.redirect.is_none() && s.fatal.is_none() && !s.ended)
+            .unwrap_or_else(|p| p.into_inner());
+        st.redirect.take()
+    }
+
+    /// The session is over for this node: `Bye`, or a fatal error.
+    fn end(&self, fatal: Option<Error>) {
+        let mut st = self.lock();
+        st.ended = true;
+        st.fatal = fatal.map(|e| e.to_string());
+        if st.fatal.is_some() {
+            if let Some(s) = st.upstream.take() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn fatal(&self) -> Option<Error> {
+        self.lock().fatal.clone().map(Error::Aborted)
+    }
+
+    /// Waits for the end of the session; returns the fatal reason, if any.
+    fn wait_end(&self) -> Option<String> {
+        let st = self.lock();
+        let st = self.changed.wait_while(st, |s| !s.ended).unwrap_or_else(|p| p.into_inner());
+        st.fatal.clone()
+    }
+}
+
+/// The node's heartbeat: progress to the server every [`HEARTBEAT`].
+struct Heartbeat {
+    stop: mpsc::Sender<()>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(writer: Arc<Mutex<FrameWriter>>, received: Arc<AtomicU64>, taken: Arc<AtomicU64>) -> Heartbeat {
+        let (stop, ticker) = mpsc::channel::<()>();
+        let thread = thread::spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = ticker.recv_timeout(HEARTBEAT) {
+                let frame = Frame::Progress {
+                    received: received.load(Ordering::Relaxed),
+                    written: taken.load(Ordering::Relaxed),
+                };
+                if lock(&writer).write_frame(&frame).is_err() {
+                    break;
+                }
+            }
+        });
+        Heartbeat { stop, thread }
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Returns the control connection and the node id the server gave us.
 fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32)> {
     for attempt in 1..=c.tries {
@@ -330,10 +493,7 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
             other => Err(conn.unexpected(&other, "instead of a welcome")),
         };
     }
-    Err(Error::NoServer {
-        session: c.session.clone(),
-        tries: c.tries,
-    })
+    Err(Error::NoServer { session: c.session.clone(), tries: c.tries })
 }
 
 fn resolve(addr: &ServerAddress) -> std::result::Result<SocketAddr, String> {

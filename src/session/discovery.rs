@@ -29,26 +29,14 @@ impl DiscoveryResponder {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
             .context(|| "create discovery socket".into())?;
         // Every server on the host gets a copy of each broadcast.
-        socket
-            .set_reuse_address(true)
-            .context(|| "discovery socket SO_REUSEADDR".into())?;
-        socket
-            .set_reuse_port(true)
-            .context(|| "discovery socket SO_REUSEPORT".into())?;
+        socket.set_reuse_address(true).context(|| "discovery socket SO_REUSEADDR".into())?;
+        socket.set_reuse_port(true).context(|| "discovery socket SO_REUSEPORT".into())?;
         let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-        socket
-            .bind(&any.into())
-            .context(|| format!("bind discovery port UDP {port}"))?;
+        socket.bind(&any.into()).context(|| format!("bind discovery port UDP {port}"))?;
         let socket: UdpSocket = socket.into();
-        socket
-            .set_read_timeout(Some(STOP_CHECK))
-            .context(|| "discovery socket timeout".into())?;
+        socket.set_read_timeout(Some(STOP_CHECK)).context(|| "discovery socket timeout".into())?;
         let stop = Arc::new(AtomicBool::new(false));
-        let offer = Frame::Offer(Offer {
-            session: session.to_string(),
-            control_port,
-        })
-        .encode();
+        let offer = Frame::Offer(Offer { session: session.to_string(), control_port }).encode();
         let session = session.to_string();
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
@@ -72,10 +60,7 @@ impl DiscoveryResponder {
                 }
             }
         });
-        Ok(DiscoveryResponder {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(DiscoveryResponder { stop, thread: Some(thread) })
     }
 }
 
@@ -91,15 +76,10 @@ impl Drop for DiscoveryResponder {
 /// Broadcasts a request for `session` and waits up to `wait` for the first
 /// offer. Returns the server's control address.
 pub fn discover(session: &str, port: u16, wait: Duration) -> Result<Option<SocketAddr>> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .context(|| "bind discovery client socket".into())?;
-    socket
-        .set_broadcast(true)
-        .context(|| "enable broadcast".into())?;
-    let request = Frame::Discover {
-        session: session.to_string(),
-    }
-    .encode();
+    let socket =
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context(|| "bind discovery client socket".into())?;
+    socket.set_broadcast(true).context(|| "enable broadcast".into())?;
+    let request = Frame::Discover { session: session.to_string() }.encode();
     let targets = broadcast_targets();
     let mut sent = 0;
     for ip in &targets {
@@ -118,26 +98,18 @@ pub fn discover(session: &str, port: u16, wait: Duration) -> Result<Option<Socke
         if left.is_zero() {
             return Ok(None);
         }
-        socket
-            .set_read_timeout(Some(left))
-            .context(|| "discovery timeout".into())?;
+        socket.set_read_timeout(Some(left)).context(|| "discovery timeout".into())?;
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 return Ok(None)
             }
             Err(e) => return Err(e).context(|| "receive discovery offer".into()),
         };
         match Frame::parse(&buf[..n]) {
-            Ok(Frame::Offer(Offer {
-                session: s,
-                control_port,
-            })) if s == session => return Ok(Some(SocketAddr::new(from.ip(), control_port))),
+            Ok(Frame::Offer(Offer { session: s, control_port })) if s == session => {
+                return Ok(Some(SocketAddr::new(from.ip(), control_port)))
+            }
             Ok(_) => debug!("ignoring a datagram from {from} that is not an offer for '{session}'"),
             Err(e) => debug!("ignoring malformed datagram from {from}: {e}"),
         }

@@ -8,14 +8,17 @@
 
 mod client;
 mod discovery;
+mod input;
+mod lobby;
 mod order;
 mod report;
 mod server;
 mod stats;
 
-pub use client::{go, Client, ClientConfig, ClientReport, ServerAddress};
+pub use client::{go, Client, ClientConfig, ClientReport, ServerAddress, DEFAULT_TIMEOUT};
 pub use discovery::{discover, DiscoveryResponder};
+pub use input::Input;
 pub use order::{read_node_file, tree_parent, Order};
 pub use report::{NodeResult, SessionReport};
-pub use server::{Input, Server, ServerConfig};
+pub use server::{Server, ServerConfig};
 pub use stats::Stats;

@@ -28,9 +28,7 @@ impl FromStr for Order {
             "join" => Ok(Order::Join),
             _ => match s.strip_prefix("file:") {
                 Some(p) if !p.is_empty() => Ok(Order::File(PathBuf::from(p))),
-                _ => Err(Error::Config(format!(
-                    "invalid --order '{s}': expected ip, join or file:PATH"
-                ))),
+                _ => Err(Error::Config(format!("invalid --order '{s}': expected ip, join or file:PATH"))),
             },
         }
     }
@@ -81,10 +79,7 @@ pub fn arrange(nodes: &[Candidate], order: &Order, listed: &[String]) -> (Vec<us
     let mut idx: Vec<usize> = (0..nodes.len()).collect();
     let by_ip = |a: &usize, b: &usize| -> Ordering {
         let (x, y) = (&nodes[*a], &nodes[*b]);
-        ip_key(x.ip)
-            .cmp(&ip_key(y.ip))
-            .then_with(|| natural_cmp(&x.name, &y.name))
-            .then(x.port.cmp(&y.port))
+        ip_key(x.ip).cmp(&ip_key(y.ip)).then_with(|| natural_cmp(&x.name, &y.name)).then(x.port.cmp(&y.port))
     };
     let mut unlisted = Vec::new();
     match order {
@@ -92,9 +87,7 @@ pub fn arrange(nodes: &[Candidate], order: &Order, listed: &[String]) -> (Vec<us
         Order::Ip => idx.sort_by(by_ip),
         Order::File(_) => {
             let rank = |c: &Candidate| {
-                listed
-                    .iter()
-                    .position(|l| *l == c.name || l.parse::<IpAddr>().ok() == Some(c.ip))
+                listed.iter().position(|l| *l == c.name || l.parse::<IpAddr>().ok() == Some(c.ip))
             };
             idx.sort_by(|a, b| match (rank(&nodes[*a]), rank(&nodes[*b])) {
                 (Some(x), Some(y)) => x.cmp(&y),
@@ -102,11 +95,8 @@ pub fn arrange(nodes: &[Candidate], order: &Order, listed: &[String]) -> (Vec<us
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => by_ip(a, b),
             });
-            unlisted = idx
-                .iter()
-                .filter(|i| rank(&nodes[**i]).is_none())
-                .map(|i| nodes[*i].name.clone())
-                .collect();
+            unlisted =
+                idx.iter().filter(|i| rank(&nodes[**i]).is_none()).map(|i| nodes[*i].name.clone()).collect();
         }
     }
     (idx, unlisted)
@@ -135,12 +125,8 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
             (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
                 let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
                 let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
-                let na = std::str::from_utf8(&a[..da])
-                    .unwrap_or("0")
-                    .trim_start_matches('0');
-                let nb = std::str::from_utf8(&b[..db])
-                    .unwrap_or("0")
-                    .trim_start_matches('0');
+                let na = std::str::from_utf8(&a[..da]).unwrap_or("0").trim_start_matches('0');
+                let nb = std::str::from_utf8(&b[..db]).unwrap_or("0").trim_start_matches('0');
                 let c = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
                 if c != Ordering::Equal {
                     return c;
@@ -170,21 +156,12 @@ mod tests {
     use super::*;
 
     fn c(name: &str, ip: &str) -> Candidate {
-        Candidate {
-            name: name.into(),
-            ip: ip.parse().unwrap(),
-            port: 1,
-        }
+        Candidate { name: name.into(), ip: ip.parse().unwrap(), port: 1 }
     }
 
     #[test]
     fn ip_order_is_numeric_not_by_last_octet() {
-        let nodes = [
-            c("a", "10.0.1.2"),
-            c("b", "10.0.0.200"),
-            c("c", "10.0.0.3"),
-            c("d", "9.255.255.255"),
-        ];
+        let nodes = [c("a", "10.0.1.2"), c("b", "10.0.0.200"), c("c", "10.0.0.3"), c("d", "9.255.255.255")];
         let (idx, _) = arrange(&nodes, &Order::Ip, &[]);
         let names: Vec<_> = idx.iter().map(|i| nodes[*i].name.as_str()).collect();
         assert_eq!(names, ["d", "c", "b", "a"]);
@@ -192,11 +169,7 @@ mod tests {
 
     #[test]
     fn same_address_orders_by_natural_name() {
-        let nodes = [
-            c("node10", "127.0.0.1"),
-            c("node2", "127.0.0.1"),
-            c("node1", "127.0.0.1"),
-        ];
+        let nodes = [c("node10", "127.0.0.1"), c("node2", "127.0.0.1"), c("node1", "127.0.0.1")];
         let (idx, _) = arrange(&nodes, &Order::Ip, &[]);
         assert_eq!(idx, [2, 1, 0]);
     }
@@ -212,14 +185,8 @@ mod tests {
 
     #[test]
     fn tree_parents() {
-        assert_eq!(
-            (1..=4).map(|p| tree_parent(p, 1)).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
-        assert_eq!(
-            (1..=6).map(|p| tree_parent(p, 2)).collect::<Vec<_>>(),
-            [0, 0, 1, 1, 2, 2]
-        );
+        assert_eq!((1..=4).map(|p| tree_parent(p, 1)).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!((1..=6).map(|p| tree_parent(p, 2)).collect::<Vec<_>>(), [0, 0, 1, 1, 2, 2]);
     }
 
     #[test]
@@ -228,27 +195,14 @@ mod tests {
         let p = dir.path().join("nodes");
         std::fs::write(&p, "# rack 1\nn1\nn2 # spare\n\nn1\n").unwrap();
         let e = read_node_file(&p).unwrap_err().to_string();
-        assert!(
-            e.ends_with("nodes:5: node 'n1' is listed twice (first on line 2)"),
-            "{e}"
-        );
+        assert!(e.ends_with("nodes:5: node 'n1' is listed twice (first on line 2)"), "{e}");
         std::fs::write(&p, "n1\nn2 n3\n").unwrap();
-        assert!(read_node_file(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("nodes:2: expected one node"));
+        assert!(read_node_file(&p).unwrap_err().to_string().contains("nodes:2: expected one node"));
     }
 
     #[test]
     fn order_parse_errors_are_clear() {
-        assert_eq!(
-            "file:/x".parse::<Order>().unwrap(),
-            Order::File("/x".into())
-        );
-        assert!("size"
-            .parse::<Order>()
-            .unwrap_err()
-            .to_string()
-            .contains("expected ip, join or file:PATH"));
+        assert_eq!("file:/x".parse::<Order>().unwrap(), Order::File("/x".into()));
+        assert!("size".parse::<Order>().unwrap_err().to_string().contains("expected ip, join or file:PATH"));
     }
 }

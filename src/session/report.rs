@@ -73,11 +73,7 @@ impl SessionReport {
     pub fn write_ko(&self, path: &Path) -> Result<()> {
         let mut s = String::new();
         for n in self.nodes.iter().filter(|n| !n.ok()) {
-            let why = n
-                .error
-                .as_deref()
-                .unwrap_or("hash mismatch")
-                .replace(['\n', '\t'], " ");
+            let why = n.error.as_deref().unwrap_or("hash mismatch").replace(['\n', '\t'], " ");
             let _ = writeln!(s, "{}\t{why}", n.name);
         }
         std::fs::write(path, s).context(|| format!("write ko file {}", path.display()))
@@ -91,23 +87,14 @@ impl SessionReport {
     /// The per-node table and ka-style closing lines.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let w = self
-            .nodes
-            .iter()
-            .map(|n| n.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
+        let w = self.nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
         let _ = writeln!(
             s,
             "{:>3}  {:<w$}  {:<21}  {:>12}  {:<4}  {:>6}  {:>8}  result",
             "#", "node", "address", "bytes", "hash", "status", "time"
         );
         for n in &self.nodes {
-            let status = n
-                .sink_status
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into());
+            let status = n.sink_status.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
             let result = match &n.error {
                 None if n.hash_ok => "ok".to_string(),
                 None => "FAILED: hash mismatch".to_string(),
@@ -126,35 +113,18 @@ impl SessionReport {
             );
         }
         let mb = self.bytes as f64 / 1e6;
-        let rate = if self.transfer_s > 0.0 {
-            mb / self.transfer_s
-        } else {
-            0.0
-        };
-        let _ = writeln!(
-            s,
-            "Total data sent = {mb:.1} MB to {} nodes",
-            self.nodes.len()
-        );
+        let rate = if self.transfer_s > 0.0 { mb / self.transfer_s } else { 0.0 };
+        let _ = writeln!(s, "Total data sent = {mb:.1} MB to {} nodes", self.nodes.len());
         let _ = writeln!(
             s,
             "Transfer time = {:.2} seconds, throughput = {rate:.1} MB/s per node",
             self.transfer_s
         );
-        let _ = writeln!(
-            s,
-            "The pipeline was emptied in {:.2} seconds",
-            self.pipeline_emptied_s
-        );
+        let _ = writeln!(s, "The pipeline was emptied in {:.2} seconds", self.pipeline_emptied_s);
         if let Some(e) = &self.source_error {
             let _ = writeln!(s, "Source failed: {e}");
         }
-        let _ = write!(
-            s,
-            "{} ok, {} failed",
-            self.ok_count(),
-            self.nodes.len() - self.ok_count()
-        );
+        let _ = write!(s, "{} ok, {} failed", self.ok_count(), self.nodes.len() - self.ok_count());
         s
     }
 }

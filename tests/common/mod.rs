@@ -28,10 +28,7 @@ pub fn is_root() -> bool {
 
 /// `None` when `tool` is on PATH, else why the test cannot run.
 pub fn missing_tool(tool: &str) -> Option<String> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output();
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output();
     match found {
         Ok(o) if o.status.success() => None,
         _ => Some(format!("'{tool}' is not installed")),
@@ -50,10 +47,7 @@ pub fn loopback_server(session: &str, nodes: usize) -> ServerConfig {
 
 pub fn loopback_client(session: &str, server: SocketAddr, name: &str, sink: Sink) -> ClientConfig {
     let mut c = ClientConfig::new(session, sink);
-    c.server = Some(ServerAddress {
-        host: server.ip().to_string(),
-        port: server.port(),
-    });
+    c.server = Some(ServerAddress { host: server.ip().to_string(), port: server.port() });
     c.name = name.to_string();
     c.bind = [127, 0, 0, 1].into();
     c
@@ -69,13 +63,8 @@ pub fn spawn_clients(
         .into_iter()
         .enumerate()
         .map(|(i, sink)| {
-            let client = Client::bind(loopback_client(
-                session,
-                server,
-                &format!("node{:02}", i + 1),
-                sink,
-            ))
-            .expect("client binds");
+            let client = Client::bind(loopback_client(session, server, &format!("node{:02}", i + 1), sink))
+                .expect("client binds");
             thread::spawn(move || client.run())
         })
         .collect()

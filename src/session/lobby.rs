@@ -1,0 +1,409 @@
+//! The server's view of the session's nodes: who joined, where each sits in the
+//! chain, how far each has got, and the repairs when one fails.
+//!
+//! A node is declared dead when its control connection breaks, when it is
+//! silent for `--timeout`, or when it stalls the chain for `--timeout`: its sink
+//! takes nothing although data is waiting (a hung disk), or it takes nothing from
+//! an upstream that has more while its own children have caught up with it (a
+//! hung receiver). Its children are then reattached to its upstream, which
+//! replays what they missed from its buffer (or the server re-reads its input).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::report::NodeResult;
+use super::stats::Stats;
+use crate::chain::Relay;
+use crate::connection::{Connection, FrameWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::protocol::{Frame, Hello, Report, Role};
+
+/// How long a new control connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A control write that blocks this long means the node is not reading: it
+/// never holds up the server longer than this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) struct Lobby {
+    pub state: Mutex<LobbyState>,
+    pub changed: Condvar,
+    pub session: String,
+    pub stats: Arc<Stats>,
+    pub timeout: Duration,
+}
+
+#[derive(Default)]
+pub(crate) struct LobbyState {
+    pub members: Vec<Member>,
+    next_id: u32,
+    pub go: bool,
+    pub started: bool,
+    pub started_at: Option<Instant>,
+    pub results: HashMap<u32, NodeResult>,
+    /// The server's own relay (chain position 0), once streaming.
+    pub relay: Option<Arc<Relay>>,
+    pub data_port: u16,
+}
+
+pub(crate) struct Member {
+    pub id: u32,
+    pub name: String,
+    /// The node's data address (its IP as we see it, the port it announced).
+    pub data: SocketAddr,
+    /// Our own address on this node's control connection: where it reaches us.
+    pub server_ip: IpAddr,
+    pub writer: FrameWriter,
+    /// 1-based chain position once started (0 before).
+    pub pos: usize,
+    /// Position of the current upstream (0: the server).
+    pub parent: usize,
+    /// No longer relays: declared dead, or failed to receive the stream.
+    pub dead: bool,
+    pub received: u64,
+    pub received_at: Instant,
+    pub written: u64,
+    pub written_at: Instant,
+}
+
+impl Lobby {
+    pub fn lock(&self) -> MutexGuard<'_, LobbyState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wait_timeout<'a>(
+        &self,
+        st: MutexGuard<'a, LobbyState>,
+        t: Duration,
+    ) -> MutexGuard<'a, LobbyState> {
+        self.changed.wait_timeout(st, t).unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl LobbyState {
+    fn index_of(&self, id: u32) -> Option<usize> {
+        self.members.iter().position(|m| m.id == id)
+    }
+
+    fn at_pos(&self, pos: usize) -> Option<usize> {
+        self.members.iter().position(|m| m.pos == pos)
+    }
+
+    /// Where member `i` gets the stream from: its parent node, or the server.
+    pub fn upstream_of(&self, i: usize) -> SocketAddr {
+        let m = &self.members[i];
+        match self.at_pos(m.parent) {
+            Some(p) if m.parent != 0 => self.members[p].data,
+            _ => SocketAddr::new(m.server_ip, self.data_port),
+        }
+    }
+
+    /// Bytes the upstream of member `i` has: what it can offer.
+    fn upstream_has(&self, i: usize, sent: u64) -> u64 {
+        match self.at_pos(self.members[i].parent) {
+            Some(p) if self.members[i].parent != 0 => self.members[p].received,
+            _ => sent,
+        }
+    }
+
+    pub fn all_reported(&self) -> bool {
+        self.results.len() >= self.members.iter().filter(|m| m.pos > 0).count()
+    }
+}
+
+/// One control connection, from hello to the end of the session.
+pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
+    let mut conn = Connection::new(stream)?;
+    conn.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    let hello = match conn.read_frame() {
+        Ok(Some(Frame::Hello(h))) => h,
+        Ok(Some(other)) => {
+            let e = conn.unexpected(&other, "instead of a hello");
+            let _ = conn.write_frame(&Frame::Refuse { reason: e.to_string() });
+            return Err(e);
+        }
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            // Tell a kacast peer of another version why; garbage gets the same line.
+            let _ = conn.write_frame(&Frame::Refuse { reason: e.to_string() });
+            return Err(e);
+        }
+    };
+    let Hello { session, name, role, data_port } = hello;
+    if session != lobby.session {
+        let reason = format!("this server runs session '{}', not '{session}'", lobby.session);
+        let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
+        return Err(Error::Refused(reason));
+    }
+    if role == Role::Go {
+        let mut st = lobby.lock();
+        st.go = true;
+        if st.members.is_empty() {
+            warn!("'go' received with no node joined yet: starting as soon as one joins");
+        } else {
+            info!("'go' received: starting with {} nodes", st.members.len());
+        }
+        drop(st);
+        lobby.changed.notify_all();
+        conn.write_frame(&Frame::Welcome { node_id: 0 })?;
+        return Ok(());
+    }
+    let id = join(&mut conn, lobby, name.clone(), data_port)?;
+    lobby.changed.notify_all();
+    conn.set_read_timeout(Some(lobby.timeout))?;
+    let outcome = loop {
+        match conn.read_frame() {
+            Ok(Some(Frame::Progress { received, written })) => heard(lobby, id, received, written),
+            Ok(Some(Frame::Report(r))) => break Ok(r),
+            Ok(Some(other)) => break Err(conn.unexpected(&other, "during the session").to_string()),
+            Ok(None) => break Err("its control connection closed before its report".to_string()),
+            Err(Error::Io { err, .. })
+                if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                break Err(format!("silent for {}s (no heartbeat)", lobby.timeout.as_secs_f64()))
+            }
+            Err(e) => break Err(format!("control connection lost: {e}")),
+        }
+    };
+    let mut st = lobby.lock();
+    if !st.started {
+        st.members.retain(|m| m.id != id);
+        lobby.stats.joined.store(st.members.len(), Ordering::Relaxed);
+        info!("node '{name}' left before the start");
+        return Ok(());
+    }
+    match outcome {
+        Ok(report) => reported(&mut st, lobby, id, report),
+        Err(why) => declare_dead(&mut st, lobby, id, why),
+    }
+    drop(st);
+    lobby.changed.notify_all();
+    // Stay connected: the node keeps relaying until the server says bye. Its
+    // next frame (or end) needs no answer.
+    let _ = conn.set_read_timeout(None);
+    let _ = conn.read_frame();
+    Ok(())
+}
+
+fn join(conn: &mut Connection, lobby: &Lobby, name: String, data_port: u16) -> Result<u32> {
+    let peer = conn.peer_addr().context(|| "peer address".into())?;
+    let server_ip = conn.local_addr().context(|| "local address".into())?.ip();
+    conn.stream().set_write_timeout(Some(WRITE_TIMEOUT)).context(|| "set write timeout".into())?;
+    let mut st = lobby.lock();
+    let refuse = if st.started {
+        Some(format!("session '{}' has already started; late nodes are refused", lobby.session))
+    } else if st.members.iter().any(|m| m.name == name) {
+        Some(format!("a node named '{name}' has already joined session '{}' (use --name)", lobby.session))
+    } else {
+        None
+    };
+    if let Some(reason) = refuse {
+        drop(st);
+        let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
+        return Err(Error::Refused(reason));
+    }
+    st.next_id += 1;
+    let id = st.next_id;
+    conn.write_frame(&Frame::Welcome { node_id: id })?;
+    let now = Instant::now();
+    st.members.push(Member {
+        id,
+        name: name.clone(),
+        data: SocketAddr::new(peer.ip(), data_port),
+        server_ip,
+        writer: conn.writer()?,
+        pos: 0,
+        parent: 0,
+        dead: false,
+        received: 0,
+        received_at: now,
+        written: 0,
+        written_at: now,
+    });
+    lobby.stats.joined.store(st.members.len(), Ordering::Relaxed);
+    info!("node '{name}' joined from {} ({} joined)", peer.ip(), st.members.len());
+    Ok(id)
+}
+
+fn heard(lobby: &Lobby, id: u32, received: u64, written: u64) {
+    let mut st = lobby.lock();
+    let Some(i) = st.index_of(id) else { return };
+    let now = Instant::now();
+    let m = &mut st.members[i];
+    if received != m.received {
+        m.received = received;
+        m.received_at = now;
+    }
+    if written != m.written {
+        m.written = written;
+        m.written_at = now;
+    }
+    let slowest = st
+        .members
+        .iter()
+        .filter(|m| m.pos > 0 && !m.dead && !st.results.contains_key(&m.id))
+        .map(|m| m.received)
+        .min();
+    lobby.stats.slowest.store(slowest.unwrap_or(0), Ordering::Relaxed);
+}
+
+/// A node's own report. A node whose stream did not arrive whole stops relaying:
+/// its children move up like a dead node's.
+fn reported(st: &mut LobbyState, lobby: &Lobby, id: u32, r: Report) {
+    let whole = r.hash_ok;
+    record(st, &lobby.stats, id, r);
+    if whole {
+        detach_at_parent(st, id);
+    } else {
+        remove_from_chain(st, id);
+    }
+}
+
+/// The node is gone or hopeless: it is told so (it exits non-zero), its result
+/// says why, and its children move up to its upstream.
+pub(crate) fn declare_dead(st: &mut LobbyState, lobby: &Lobby, id: u32, why: String) {
+    if st.results.contains_key(&id) && st.index_of(id).is_some_and(|i| st.members[i].dead) {
+        return;
+    }
+    warn!(
+        "node '{}' declared dead: {why}",
+        st.index_of(id).map(|i| st.members[i].name.as_str()).unwrap_or("?")
+    );
+    let (bytes, duration_ms) = match st.index_of(id) {
+        Some(i) => {
+            let _ = st.members[i].writer.write_frame(&Frame::Abort { reason: why.clone() });
+            (st.members[i].received, st.started_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0))
+        }
+        None => (0, 0),
+    };
+    record(
+        st,
+        &lobby.stats,
+        id,
+        Report { bytes, hash_ok: false, sink_status: None, duration_ms, error: Some(why) },
+    );
+    remove_from_chain(st, id);
+}
+
+/// Reattaches the node's children to its upstream and cuts it off there.
+fn remove_from_chain(st: &mut LobbyState, id: u32) {
+    let Some(i) = st.index_of(id) else { return };
+    if st.members[i].dead || st.members[i].pos == 0 {
+        return;
+    }
+    st.members[i].dead = true;
+    let (pos, parent) = (st.members[i].pos, st.members[i].parent);
+    detach_at_parent(st, id);
+    let orphans: Vec<usize> = (0..st.members.len())
+        .filter(|&c| st.members[c].parent == pos && st.members[c].pos > 0 && !st.members[c].dead)
+        .collect();
+    for c in orphans {
+        st.members[c].parent = parent;
+        let upstream = st.upstream_of(c);
+        let child = &mut st.members[c];
+        if st.results.contains_key(&child.id) {
+            continue;
+        }
+        info!("reattaching node '{}' to {upstream}", child.name);
+        if let Err(e) = child.writer.write_frame(&Frame::Reattach { upstream }) {
+            warn!("cannot reattach node '{}': {e}", child.name);
+        }
+    }
+}
+
+/// Tells the node's upstream to stop serving it (releasing a reserved stream,
+/// cutting a hung connection).
+fn detach_at_parent(st: &mut LobbyState, id: u32) {
+    let Some(i) = st.index_of(id) else { return };
+    let parent = st.members[i].parent;
+    match st.at_pos(parent).filter(|_| parent != 0) {
+        Some(p) => {
+            let _ = st.members[p].writer.write_frame(&Frame::Detach { node_id: id });
+        }
+        None => {
+            if let Some(relay) = &st.relay {
+                relay.detach(id);
+            }
+        }
+    }
+}
+
+fn record(st: &mut LobbyState, stats: &Stats, id: u32, r: Report) {
+    if st.results.contains_key(&id) {
+        return;
+    }
+    let Some(i) = st.index_of(id) else { return };
+    let m = &st.members[i];
+    let result = NodeResult {
+        name: m.name.clone(),
+        address: m.data.to_string(),
+        position: m.pos,
+        bytes: r.bytes,
+        hash_ok: r.hash_ok,
+        sink_status: r.sink_status,
+        duration_s: r.duration_ms as f64 / 1000.0,
+        error: r.error,
+    };
+    if result.ok() {
+        stats.done.fetch_add(1, Ordering::Relaxed);
+        info!("node '{}' done: {} bytes verified", result.name, result.bytes);
+    } else {
+        stats.failed.fetch_add(1, Ordering::Relaxed);
+        warn!("node '{}' failed: {}", result.name, result.error.as_deref().unwrap_or("hash mismatch"));
+    }
+    st.results.insert(id, result);
+}
+
+/// Finds nodes that stall the chain (see the module doc) and declares them dead.
+pub(crate) fn check_stalls(st: &mut LobbyState, lobby: &Lobby) {
+    let sent = lobby.stats.sent.load(Ordering::Relaxed);
+    let now = Instant::now();
+    let t = lobby.timeout;
+    let mut stalled = Vec::new();
+    for (i, m) in st.members.iter().enumerate() {
+        if m.pos == 0 || m.dead || st.results.contains_key(&m.id) {
+            continue;
+        }
+        let sink_stuck = m.written < m.received && now.duration_since(m.written_at) >= t;
+        let children_caught_up = st
+            .members
+            .iter()
+            .filter(|c| c.parent == m.pos && c.pos > 0 && !c.dead)
+            .all(|c| c.received >= m.received);
+        let receiver_stuck = now.duration_since(m.received_at) >= t
+            && st.upstream_has(i, sent) > m.received
+            && children_caught_up;
+        if sink_stuck {
+            stalled.push((m.id, format!("its sink took no data for {}s (hung disk?)", t.as_secs_f64())));
+        } else if receiver_stuck {
+            stalled.push((
+                m.id,
+                format!("it took no data for {}s while its upstream had some", t.as_secs_f64()),
+            ));
+        }
+    }
+    for (id, why) in stalled {
+        declare_dead(st, lobby, id, why);
+    }
+}
+
+/// The server's heartbeat to every node, so nodes notice a dead server. A node
+/// that cannot take even this is dead once the session has started.
+pub(crate) fn heartbeat(st: &mut LobbyState, lobby: &Lobby) {
+    let sent = lobby.stats.sent.load(Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for m in st.members.iter_mut().filter(|m| !m.dead) {
+        if let Err(e) = m.writer.write_frame(&Frame::Progress { received: sent, written: 0 }) {
+            failed.push((m.id, format!("cannot reach it on its control connection: {e}")));
+        }
+    }
+    if st.started {
+        for (id, why) in failed {
+            declare_dead(st, lobby, id, why);
+        }
+    }
+}
