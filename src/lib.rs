@@ -13,7 +13,9 @@
 pub mod chain;
 pub mod connection;
 pub mod demo;
+pub mod disk;
 pub mod error;
+pub mod io;
 pub mod net;
 pub mod protocol;
 pub mod session;

@@ -20,7 +20,7 @@ pub use forward::{forward, forward_reader};
 pub use receive::{receive, UpstreamError};
 pub use relay::{ChildLink, Fallback, Relay};
 pub use ring::{Finish, Next, Ring, RingReader};
-pub use sink::{Sink, SinkOutcome};
+pub use sink::{Sink, SinkGuard, SinkOutcome};
 pub use source::pump;
 pub use stream::StreamReader;
 

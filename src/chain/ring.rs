@@ -134,6 +134,10 @@ impl Ring {
         let len = chunk.len();
         let mut st = self.lock();
         loop {
+            if st.finish.is_some() {
+                // Ended from elsewhere (the node was cut off): stop producing.
+                return Err(NoReaders);
+            }
             match st.slowest_offset() {
                 None if st.closed => return Err(NoReaders),
                 None => {}
@@ -165,6 +169,7 @@ impl Ring {
         }
         drop(st);
         self.data.notify_all();
+        self.space.notify_all();
     }
 
     /// Waits until the stream has ended and says how.

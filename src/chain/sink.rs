@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -51,12 +52,35 @@ impl std::fmt::Display for Sink {
     }
 }
 
+/// Lets the node kill its sink command (and everything it started) when the
+/// node is cut off: a hung `tar` must not outlive the agent that ran it.
+#[derive(Debug, Clone, Default)]
+pub struct SinkGuard(Arc<Mutex<Option<i32>>>);
+
+impl SinkGuard {
+    pub fn kill(&self) {
+        if let Some(pgid) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // SAFETY: signals the process group the sink command leads.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+
+    fn set(&self, pgid: Option<i32>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = pgid;
+    }
+}
+
 impl Sink {
     /// Feeds the whole stream to the sink. Whatever the sink does, the stream is
     /// read to its end (a failed sink must not stall the children) and verified.
-    pub fn run(&self, mut stream: StreamReader) -> SinkOutcome {
+    pub fn run(&self, stream: StreamReader) -> SinkOutcome {
+        self.run_guarded(stream, &SinkGuard::default())
+    }
+
+    /// As [`Sink::run`], with a guard that can kill the sink command.
+    pub fn run_guarded(&self, mut stream: StreamReader, guard: &SinkGuard) -> SinkOutcome {
         let (status, sink_error) = match self {
-            Sink::Command(cmd) => run_command(cmd, &mut stream),
+            Sink::Command(cmd) => run_command(cmd, &mut stream, guard),
             Sink::Dir(dir) => (None, unpack(dir, &mut stream).err()),
             Sink::File(path) => (None, write_file(path, &mut stream).err()),
             Sink::Discard => (None, None),
@@ -75,12 +99,20 @@ impl Sink {
 /// Lines of the command's stderr kept for the report: the last ones say why.
 const STDERR_TAIL: usize = 5;
 
-fn run_command(cmd: &str, stream: &mut StreamReader) -> (Option<i32>, Option<String>) {
-    let mut child =
-        match Command::new("sh").arg("-c").arg(cmd).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn() {
-            Ok(c) => c,
-            Err(e) => return (None, Some(format!("cannot start: {e}"))),
-        };
+fn run_command(cmd: &str, stream: &mut StreamReader, guard: &SinkGuard) -> (Option<i32>, Option<String>) {
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a guard can kill whatever the command started.
+        .process_group(0)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return (None, Some(format!("cannot start: {e}"))),
+    };
+    guard.set(Some(child.id() as i32));
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let stderr = child.stderr.take().map(|err| {
         let tail = Arc::clone(&tail);
@@ -105,6 +137,7 @@ fn run_command(cmd: &str, stream: &mut StreamReader) -> (Option<i32>, Option<Str
     }
     drop(stdin);
     let status = child.wait();
+    guard.set(None);
     if let Some(h) = stderr {
         let _ = h.join();
     }

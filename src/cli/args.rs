@@ -59,6 +59,9 @@ pub struct ServerArgs {
     /// Stream bytes held in memory per process (e.g. 32M)
     #[arg(long, default_value = "32M")]
     pub buffer: String,
+    /// Stream at most this many bytes per second (e.g. 50M), to spare a shared network
+    #[arg(long, value_name = "SIZE")]
+    pub max_rate: Option<String>,
     /// Control TCP port (default: 30765 when free, else any)
     #[arg(long)]
     pub port: Option<u16>,

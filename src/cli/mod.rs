@@ -76,6 +76,7 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.control_port = a.port;
     c.discovery_port = (!a.no_discovery).then_some(a.discovery_port);
     c.timeout = seconds(a.timeout, "--timeout")?;
+    c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
     let server = Server::bind(c)?;
     let stats = server.stats();
     let watcher = std::thread::spawn(move || progress::watch(stats));

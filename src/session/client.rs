@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::discovery::discover;
 use crate::chain::{
-    receive, ChildLink, Finish, Relay, Ring, Sink, SinkOutcome, StreamReader, UpstreamError, CHUNK_SIZE,
-    DEFAULT_BUFFER,
+    receive, ChildLink, Finish, Relay, Ring, Sink, SinkGuard, SinkOutcome, StreamReader, UpstreamError,
+    CHUNK_SIZE, DEFAULT_BUFFER,
 };
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
@@ -178,9 +178,11 @@ impl Client {
         info!("position {index}/{total}: upstream {upstream}, {} children", children.len());
 
         let ring = Ring::new(c.buffer, children.len() + 1);
+        let guard = SinkGuard::default();
         let sink = {
-            let (reader, sink, taken) = (ring.reader(0), c.sink.clone(), Arc::clone(&taken));
-            thread::spawn(move || sink.run(StreamReader::with_counter(reader, taken)))
+            let (reader, sink, taken, guard) =
+                (ring.reader(0), c.sink.clone(), Arc::clone(&taken), guard.clone());
+            thread::spawn(move || sink.run_guarded(StreamReader::with_counter(reader, taken), &guard))
         };
         let links: Vec<ChildLink> = children
             .iter()
@@ -195,13 +197,22 @@ impl Client {
         let orders = Orders::new();
         let control_thread = {
             let (orders, relay, timeout) = (Arc::clone(&orders), Arc::clone(&relay), c.timeout);
-            thread::spawn(move || follow_server(control, &orders, &relay, timeout))
+            let (ring, guard) = (Arc::clone(&ring), guard.clone());
+            thread::spawn(move || {
+                follow_server(control, &orders, &relay, timeout);
+                if let Some(e) = orders.fatal() {
+                    // Unblock everything: the stream, the relay, a hung sink.
+                    ring.finish(Finish::Abandoned(e.to_string()));
+                    guard.kill();
+                }
+            })
         };
 
         let finish = self.stream(node_id, upstream, source, &ring, &orders);
         ring.finish(finish.clone());
         if let Some(reason) = orders.fatal() {
-            // Declared dead or cut off: the sink may be hung; do not wait for it.
+            // Declared dead or cut off: the sink may be hung; kill it, do not wait.
+            guard.kill();
             heartbeat.stop();
             return Err(reason);
         }
@@ -250,6 +261,9 @@ impl Client {
     ) -> Finish {
         let c = &self.config;
         let mut target = first;
+        // The (upstream, offset) of the last immediate retry, so a dead upstream
+        // is retried once, not forever.
+        let mut retried = None;
         loop {
             if let Some(e) = orders.fatal() {
                 return Finish::Abandoned(e.to_string());
@@ -279,6 +293,13 @@ impl Client {
                 Err(UpstreamError::Broken(why)) => {
                     if let Some(next) = orders.take_redirect() {
                         target = next;
+                        continue;
+                    }
+                    // A connection cut between two live nodes: try the same
+                    // upstream once more before waiting for the server.
+                    if retried != Some((target, offset)) {
+                        retried = Some((target, offset));
+                        warn!("{why}; reconnecting");
                         continue;
                     }
                     warn!("{why}; waiting to be reattached");

@@ -25,7 +25,10 @@ pub struct DiscoveryResponder {
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
 impl DiscoveryResponder {
-    pub fn start(session: &str, port: u16, control_port: u16) -> Result<DiscoveryResponder> {
+    /// Answers for `session` on UDP `port`, announcing `control_port`. With a
+    /// specific `bind` address, answers leave from that address, since nodes
+    /// connect to wherever the answer came from.
+    pub fn start(session: &str, port: u16, control_port: u16, bind: IpAddr) -> Result<DiscoveryResponder> {
         let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
             .context(|| "create discovery socket".into())?;
         // Every server on the host gets a copy of each broadcast.
@@ -34,6 +37,11 @@ impl DiscoveryResponder {
         let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
         socket.bind(&any.into()).context(|| format!("bind discovery port UDP {port}"))?;
         let socket: UdpSocket = socket.into();
+        let reply = if bind.is_unspecified() {
+            socket.try_clone().context(|| "clone discovery socket".into())?
+        } else {
+            UdpSocket::bind((bind, 0)).context(|| format!("bind discovery replies to {bind}"))?
+        };
         socket.set_read_timeout(Some(STOP_CHECK)).context(|| "discovery socket timeout".into())?;
         let stop = Arc::new(AtomicBool::new(false));
         let offer = Frame::Offer(Offer { session: session.to_string(), control_port }).encode();
@@ -48,7 +56,7 @@ impl DiscoveryResponder {
                 match Frame::parse(&buf[..n]) {
                     Ok(Frame::Discover { session: s }) if s == session => {
                         debug!("discovery request for '{s}' from {from}: answering");
-                        if let Err(e) = socket.send_to(&offer, from) {
+                        if let Err(e) = reply.send_to(&offer, from) {
                             warn!("cannot answer discovery request from {from}: {e}");
                         }
                     }

@@ -16,12 +16,18 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::client::HEARTBEAT;
 use super::report::NodeResult;
 use super::stats::Stats;
 use crate::chain::Relay;
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{Frame, Hello, Report, Role};
+
+/// A sink is given this many `--timeout`s before it counts as hung: a busy
+/// disk flushing its cache can block writes for seconds, and cutting off a
+/// healthy node costs more than waiting a little for a dead one.
+const SINK_STALL_FACTOR: u32 = 3;
 
 /// How long a new control connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,9 +71,15 @@ pub(crate) struct Member {
     /// No longer relays: declared dead, or failed to receive the stream.
     pub dead: bool,
     pub received: u64,
-    pub received_at: Instant,
     pub written: u64,
-    pub written_at: Instant,
+    /// Since when its upstream has had data it has not taken (reset whenever
+    /// it takes some): a starved node is not a stalled one.
+    pub behind_since: Option<Instant>,
+    /// Since when its sink has had data waiting without taking any.
+    pub sink_behind_since: Option<Instant>,
+    /// Last frame from the node: a silent node is judged by the heartbeat
+    /// timeout, not by the stall rules.
+    pub heard_at: Instant,
 }
 
 impl Lobby {
@@ -97,7 +109,16 @@ impl LobbyState {
     pub fn upstream_of(&self, i: usize) -> SocketAddr {
         let m = &self.members[i];
         match self.at_pos(m.parent) {
-            Some(p) if m.parent != 0 => self.members[p].data,
+            // A parent on the server's own host may have joined over loopback:
+            // a child elsewhere reaches it where it reaches the server.
+            Some(p) if m.parent != 0 => {
+                let parent = self.members[p].data;
+                if parent.ip().is_loopback() && !m.server_ip.is_loopback() {
+                    SocketAddr::new(m.server_ip, parent.port())
+                } else {
+                    parent
+                }
+            }
             _ => SocketAddr::new(m.server_ip, self.data_port),
         }
     }
@@ -173,7 +194,8 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     if !st.started {
         st.members.retain(|m| m.id != id);
         lobby.stats.joined.store(st.members.len(), Ordering::Relaxed);
-        info!("node '{name}' left before the start");
+        let why = outcome.err().unwrap_or_else(|| "it reported before the start".into());
+        info!("node '{name}' left before the start: {why}");
         return Ok(());
     }
     match outcome {
@@ -220,9 +242,10 @@ fn join(conn: &mut Connection, lobby: &Lobby, name: String, data_port: u16) -> R
         parent: 0,
         dead: false,
         received: 0,
-        received_at: now,
         written: 0,
-        written_at: now,
+        behind_since: None,
+        sink_behind_since: None,
+        heard_at: now,
     });
     lobby.stats.joined.store(st.members.len(), Ordering::Relaxed);
     info!("node '{name}' joined from {} ({} joined)", peer.ip(), st.members.len());
@@ -234,13 +257,19 @@ fn heard(lobby: &Lobby, id: u32, received: u64, written: u64) {
     let Some(i) = st.index_of(id) else { return };
     let now = Instant::now();
     let m = &mut st.members[i];
+    m.heard_at = now;
     if received != m.received {
         m.received = received;
-        m.received_at = now;
+        m.behind_since = None;
     }
     if written != m.written {
         m.written = written;
-        m.written_at = now;
+        m.sink_behind_since = None;
+    }
+    if m.written < m.received {
+        m.sink_behind_since.get_or_insert(now);
+    } else {
+        m.sink_behind_since = None;
     }
     let slowest = st
         .members
@@ -303,6 +332,8 @@ fn remove_from_chain(st: &mut LobbyState, id: u32) {
         .collect();
     for c in orphans {
         st.members[c].parent = parent;
+        // A fresh timeout at its new upstream: it was starved, not stalled.
+        st.members[c].behind_since = None;
         let upstream = st.upstream_of(c);
         let child = &mut st.members[c];
         if st.results.contains_key(&child.id) {
@@ -363,27 +394,40 @@ pub(crate) fn check_stalls(st: &mut LobbyState, lobby: &Lobby) {
     let sent = lobby.stats.sent.load(Ordering::Relaxed);
     let now = Instant::now();
     let t = lobby.timeout;
+    let sink_limit = t * SINK_STALL_FACTOR;
     let mut stalled = Vec::new();
-    for (i, m) in st.members.iter().enumerate() {
-        if m.pos == 0 || m.dead || st.results.contains_key(&m.id) {
+    for i in 0..st.members.len() {
+        let m = &st.members[i];
+        if m.pos == 0
+            || m.dead
+            || st.results.contains_key(&m.id)
+            || now.duration_since(m.heard_at) > 2 * HEARTBEAT
+        {
             continue;
         }
-        let sink_stuck = m.written < m.received && now.duration_since(m.written_at) >= t;
+        let behind = st.upstream_has(i, sent) > m.received;
         let children_caught_up = st
             .members
             .iter()
             .filter(|c| c.parent == m.pos && c.pos > 0 && !c.dead)
             .all(|c| c.received >= m.received);
-        let receiver_stuck = now.duration_since(m.received_at) >= t
-            && st.upstream_has(i, sent) > m.received
-            && children_caught_up;
+        let m = &mut st.members[i];
+        if behind {
+            m.behind_since.get_or_insert(now);
+        } else {
+            m.behind_since = None;
+        }
+        let sink_stuck = m.sink_behind_since.is_some_and(|s| now.duration_since(s) >= sink_limit);
+        // A node whose own sink is behind is judged by the sink rule alone.
+        let receiver_stuck = m.written >= m.received
+            && children_caught_up
+            && m.behind_since.is_some_and(|s| now.duration_since(s) >= t);
         if sink_stuck {
-            stalled.push((m.id, format!("its sink took no data for {}s (hung disk?)", t.as_secs_f64())));
+            let why = format!("its sink took no data for {}s (hung disk?)", sink_limit.as_secs_f64());
+            stalled.push((m.id, why));
         } else if receiver_stuck {
-            stalled.push((
-                m.id,
-                format!("it took no data for {}s while its upstream had some", t.as_secs_f64()),
-            ));
+            let why = format!("it took no data for {}s while its upstream had some", t.as_secs_f64());
+            stalled.push((m.id, why));
         }
     }
     for (id, why) in stalled {

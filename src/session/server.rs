@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub control_port: Option<u16>,
     /// `None`: no discovery responder (nodes must be given `--server`).
     pub discovery_port: Option<u16>,
+    /// `--max-rate`: bytes per second the server streams at most.
+    pub max_rate: Option<u64>,
     /// A node silent or stalling the chain this long is declared dead and
     /// bypassed.
     pub timeout: Duration,
@@ -61,6 +63,7 @@ impl ServerConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             control_port: None,
             discovery_port: Some(DISCOVERY_PORT),
+            max_rate: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -99,9 +102,6 @@ pub struct Server {
     lobby: Arc<Lobby>,
 }
 
-/// The server sends its heartbeat every this many node heartbeats.
-const SERVER_BEAT_EVERY: u32 = 4;
-
 impl Server {
     /// Binds the control, data and discovery sockets, so that the addresses are
     /// known (and fixed) before any node is started.
@@ -130,7 +130,7 @@ impl Server {
         let data = TcpListener::bind((config.bind, 0)).context(|| "bind data port".into())?;
         let control_port = control.local_addr().context(|| "control address".into())?.port();
         let discovery = match config.discovery_port {
-            Some(port) => match DiscoveryResponder::start(&config.session, port, control_port) {
+            Some(port) => match DiscoveryResponder::start(&config.session, port, control_port, config.bind) {
                 Ok(d) => Some(d),
                 Err(e) => {
                     warn!("discovery disabled ({e}): nodes need --server HOST:{control_port}");
@@ -216,8 +216,6 @@ impl Server {
             let member = &mut st.members[m];
             member.pos = i + 1;
             member.parent = tree_parent(i + 1, arity);
-            member.received_at = started_at;
-            member.written_at = started_at;
         }
         let children_of = |pos: usize| -> Vec<usize> {
             (pos * arity + 1..=pos * arity + arity).filter(|c| *c <= n).map(|c| order[c - 1]).collect()
@@ -273,7 +271,10 @@ impl Server {
 
         let source = {
             let (ring, stats, chunk) = (Arc::clone(&ring), Arc::clone(stats), self.config.chunk_size);
-            let reader = input.reader;
+            let reader = match self.config.max_rate {
+                Some(rate) => Box::new(crate::io::Throttle::new(input.reader, rate)),
+                None => input.reader,
+            };
             thread::spawn(move || {
                 let r = pump(reader, &ring, chunk, &stats.sent);
                 (r, Instant::now())
@@ -360,17 +361,14 @@ fn accept_control(listener: TcpListener, lobby: Arc<Lobby>, stop: Arc<AtomicBool
 
 /// Heartbeats to the nodes and, once streaming, the watch for stalled nodes.
 fn monitor(lobby: &Lobby, stop: &AtomicBool) {
-    let mut beat = 0u32;
     let mut st = lobby.lock();
     while !stop.load(Ordering::Relaxed) {
         st = lobby.wait_timeout(st, HEARTBEAT);
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        beat += 1;
-        if beat % SERVER_BEAT_EVERY == 0 {
-            heartbeat(&mut st, lobby);
-        }
+        // As often as the nodes beat, so a node's `--timeout` may be short.
+        heartbeat(&mut st, lobby);
         if st.started && st.relay.is_some() {
             check_stalls(&mut st, lobby);
         }

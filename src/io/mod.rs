@@ -1,0 +1,5 @@
+//! Small `Read`/`Write` adapters composed into the stream's pipeline.
+
+mod throttle;
+
+pub use throttle::Throttle;
