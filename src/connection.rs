@@ -1,17 +1,61 @@
 //! Frames over a TCP stream: the one place that reads and writes them, so size
-//! limits are enforced on every connection alike.
+//! limits and, on keyed sessions, authentication are enforced on every
+//! connection alike.
+//!
+//! Once a keyed handshake has agreed on a connection key ([`crate::auth`]),
+//! every frame in each direction carries a tag: a keyed BLAKE3 hash of the
+//! direction, the frame's sequence number on the connection, its header and its
+//! payload. A forged, altered, replayed, reordered or dropped frame fails the
+//! check and closes the connection.
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
-use crate::protocol::{Frame, Header, Kind, HEADER_LEN};
+use crate::protocol::{Frame, Header, Kind, HEADER_LEN, TAG_LEN};
+
+/// Authentication state of one direction of a keyed connection.
+struct Seal {
+    key: [u8; 32],
+    /// `a` for frames from the acceptor, `c` from the connector: a frame cannot
+    /// be reflected back to its sender.
+    direction: u8,
+    seq: u64,
+}
+
+impl Seal {
+    fn tag(&mut self, head: &[u8; HEADER_LEN], payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&[self.direction]);
+        h.update(&self.seq.to_be_bytes());
+        h.update(head);
+        h.update(payload);
+        self.seq += 1;
+        let mut tag = [0u8; TAG_LEN];
+        tag.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
+        tag
+    }
+}
+
+/// Compares tags without an early exit, so timing tells nothing of the match.
+fn same_tag(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Which end of the handshake this side was, for the tag directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Acceptor,
+    Connector,
+}
 
 pub struct Connection {
     reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    writer: FrameWriter,
     peer: String,
+    open: Option<Seal>,
 }
 
 impl Connection {
@@ -21,7 +65,8 @@ impl Connection {
         // header + payload in one vectored write, so Nagle buys nothing.
         stream.set_nodelay(true).context(|| format!("{peer}: set TCP_NODELAY"))?;
         let writer = stream.try_clone().context(|| format!("{peer}: clone socket"))?;
-        Ok(Connection { reader: BufReader::with_capacity(64 * 1024, stream), writer, peer })
+        let writer = FrameWriter { stream: writer, peer: peer.clone(), seal: Arc::new(Mutex::new(None)) };
+        Ok(Connection { reader: BufReader::with_capacity(64 * 1024, stream), writer, peer, open: None })
     }
 
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection> {
@@ -29,30 +74,42 @@ impl Connection {
         Connection::new(stream)
     }
 
+    /// From now on every frame both ways is tagged with `key` (see the module doc).
+    pub fn seal(&mut self, key: [u8; 32], us: End) {
+        let (ours, theirs) = match us {
+            End::Acceptor => (b'a', b'c'),
+            End::Connector => (b'c', b'a'),
+        };
+        self.open = Some(Seal { key, direction: theirs, seq: 0 });
+        *self.writer.seal.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Seal { key, direction: ours, seq: 0 });
+    }
+
     pub fn peer(&self) -> &str {
         &self.peer
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.writer.peer_addr()
+        self.writer.stream.peer_addr()
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.writer.local_addr()
+        self.writer.stream.local_addr()
     }
 
     pub fn stream(&self) -> &TcpStream {
-        &self.writer
+        &self.writer.stream
     }
 
     pub fn set_read_timeout(&self, t: Option<Duration>) -> Result<()> {
-        self.writer.set_read_timeout(t).context(|| format!("{}: set read timeout", self.peer))
+        self.writer.stream.set_read_timeout(t).context(|| format!("{}: set read timeout", self.peer))
     }
 
     /// A second handle for writing from another thread (the reader stays here).
+    /// All handles share the tag sequence, so frames stay in order.
     pub fn writer(&self) -> Result<FrameWriter> {
-        let stream = self.writer.try_clone().context(|| format!("{}: clone socket", self.peer))?;
-        Ok(FrameWriter { stream, peer: self.peer.clone() })
+        let stream = self.writer.stream.try_clone().context(|| format!("{}: clone socket", self.peer))?;
+        Ok(FrameWriter { stream, peer: self.peer.clone(), seal: Arc::clone(&self.writer.seal) })
     }
 
     /// The next header, or `None` on a clean end of stream between frames.
@@ -70,15 +127,41 @@ impl Connection {
                 Err(e) => return Err(self.io_err(e)),
             }
         }
-        Header::parse(&head).map(Some).map_err(|err| Error::Protocol { peer: self.peer.clone(), err })
+        let header = Header::parse(&head).map_err(|err| Error::Protocol { peer: self.peer.clone(), err })?;
+        match (header.tagged, self.open.is_some()) {
+            (false, true) => {
+                Err(self.auth_err(format!("an unauthenticated {} frame on a keyed connection", header.kind)))
+            }
+            (true, false) => {
+                Err(self.auth_err(format!("a tagged {} frame but no key was agreed", header.kind)))
+            }
+            _ => Ok(Some(header)),
+        }
     }
 
-    /// Reads a payload whose length the header already validated.
+    /// Reads a payload whose length the header already validated, and checks
+    /// its tag on a keyed connection.
     pub fn read_payload(&mut self, header: Header, buf: &mut Vec<u8>) -> Result<()> {
         buf.resize(header.len as usize, 0);
+        self.read_exact(buf)?;
+        if let Some(seal) = self.open.as_mut() {
+            let want = seal.tag(&header.to_bytes(), buf);
+            let mut got = [0u8; TAG_LEN];
+            self.read_exact(&mut got)?;
+            if !same_tag(&got, &want) {
+                return Err(self.auth_err(format!(
+                    "a {} frame failed authentication (altered, replayed, forged or wrong key)",
+                    header.kind
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<()> {
         self.reader.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                Error::Closed { peer: self.peer.clone(), during: "inside a frame payload" }
+                Error::Closed { peer: self.peer.clone(), during: "inside a frame" }
             } else {
                 self.io_err(e)
             }
@@ -102,9 +185,7 @@ impl Connection {
     }
 
     pub fn write_frame(&mut self, frame: &Frame) -> Result<()> {
-        let bytes = frame.encode();
-        let peer = &self.peer;
-        self.writer.write_all(&bytes).context(|| format!("{peer}: send {} frame", frame.kind()))
+        self.writer.write_frame(frame)
     }
 
     pub fn unexpected(&self, frame: &Frame, during: &'static str) -> Error {
@@ -114,20 +195,20 @@ impl Connection {
     fn io_err(&self, err: io::Error) -> Error {
         Error::Io { context: format!("{}: receive", self.peer), err }
     }
+
+    fn auth_err(&self, why: String) -> Error {
+        Error::Auth { peer: self.peer.clone(), why }
+    }
 }
 
 /// The write half of a connection, usable from another thread.
 pub struct FrameWriter {
     stream: TcpStream,
     peer: String,
+    seal: Arc<Mutex<Option<Seal>>>,
 }
 
 impl FrameWriter {
-    pub fn from_stream(stream: TcpStream) -> FrameWriter {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "unknown peer".into());
-        FrameWriter { stream, peer }
-    }
-
     pub fn peer(&self) -> &str {
         &self.peer
     }
@@ -137,33 +218,110 @@ impl FrameWriter {
     }
 
     pub fn write_frame(&mut self, frame: &Frame) -> Result<()> {
-        let peer = &self.peer;
-        self.stream.write_all(&frame.encode()).context(|| format!("{peer}: send {} frame", frame.kind()))
+        let bytes = frame.encode();
+        self.send(frame.kind(), &bytes[HEADER_LEN..])
+            .context(|| format!("{}: send {} frame", self.peer, frame.kind()))
     }
 
-    /// One data frame: header and payload in a single vectored write, so a chunk
-    /// costs one syscall in the common case and the payload is never copied.
+    /// One data frame: header, payload (and tag) in a single vectored write, so
+    /// a chunk costs one syscall in the common case and is never copied.
     pub fn write_data(&mut self, payload: &[u8]) -> Result<()> {
-        let head = Header::encode(Kind::Data, payload.len());
-        write_all_vectored(&mut self.stream, &head, payload).context(|| format!("{}: send data", self.peer))
+        self.send(Kind::Data, payload).context(|| format!("{}: send data", self.peer))
+    }
+
+    fn send(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
+        // The lock spans the write: tags are numbered in the order frames leave.
+        let mut seal = self.seal.lock().unwrap_or_else(|p| p.into_inner());
+        let head = Header { kind, len: payload.len() as u32, tagged: seal.is_some() }.to_bytes();
+        let tag = seal.as_mut().map(|s| s.tag(&head, payload));
+        let tag: &[u8] = tag.as_ref().map(|t| &t[..]).unwrap_or(&[]);
+        write_all_vectored(
+            &mut self.stream,
+            &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(tag)],
+        )
     }
 }
 
-fn write_all_vectored(w: &mut impl Write, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let total = head.len() + body.len();
-    let mut done = 0;
-    while done < total {
-        let n = if done < head.len() {
-            w.write_vectored(&[IoSlice::new(&head[done..]), IoSlice::new(body)])
-        } else {
-            w.write(&body[done - head.len()..])
-        };
-        match n {
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A sealed pair, with every byte from the writer passing through `meddle`.
+    fn sealed_pair(meddle: impl FnOnce(Vec<u8>) -> Vec<u8> + Send + 'static) -> Connection {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (target, relay_addr) = (listener.local_addr().unwrap(), relay.local_addr().unwrap());
+        let key = [9u8; 32];
+        let writer = std::thread::spawn(move || {
+            let mut w = Connection::connect(relay_addr, Duration::from_secs(5)).unwrap();
+            w.seal(key, End::Connector);
+            w.write_frame(&Frame::Progress { received: 1, written: 2 }).unwrap();
+            w.writer().unwrap().write_data(&[5u8; 1000]).unwrap();
+        });
+        // A man in the middle: reads everything, alters it, forwards it.
+        let mitm = std::thread::spawn(move || {
+            let (mut from, _) = relay.accept().unwrap();
+            let mut bytes = Vec::new();
+            from.read_to_end(&mut bytes).unwrap();
+            let mut to = TcpStream::connect(target).unwrap();
+            to.write_all(&meddle(bytes)).unwrap();
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut r = Connection::new(stream).unwrap();
+        r.seal(key, End::Acceptor);
+        writer.join().unwrap();
+        mitm.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn sealed_frames_pass_untouched() {
+        let mut r = sealed_pair(|b| b);
+        assert_eq!(r.read_frame().unwrap(), Some(Frame::Progress { received: 1, written: 2 }));
+        assert_eq!(r.read_frame().unwrap(), Some(Frame::Data(vec![5; 1000])));
+    }
+
+    #[test]
+    fn an_altered_data_byte_is_refused() {
+        let mut r = sealed_pair(|mut b| {
+            let last = b.len() - TAG_LEN - 1;
+            b[last] ^= 1;
+            b
+        });
+        assert!(r.read_frame().is_ok());
+        let e = r.read_frame().unwrap_err().to_string();
+        assert!(e.contains("a data frame failed authentication"), "{e}");
+    }
+
+    #[test]
+    fn a_dropped_or_replayed_frame_breaks_the_sequence() {
+        // Drop the first frame (6 + 16 + 16 bytes): the second arrives out of sequence.
+        let mut r = sealed_pair(|b| b[HEADER_LEN + 16 + TAG_LEN..].to_vec());
+        let e = r.read_frame().unwrap_err().to_string();
+        assert!(e.contains("failed authentication"), "{e}");
+    }
+
+    #[test]
+    fn an_injected_plain_frame_is_refused() {
+        let mut r = sealed_pair(|b| {
+            let mut forged = Frame::Progress { received: 7, written: 7 }.encode();
+            forged.extend(b);
+            forged
+        });
+        let e = r.read_frame().unwrap_err().to_string();
+        assert!(e.contains("unauthenticated progress frame on a keyed connection"), "{e}");
+    }
 }

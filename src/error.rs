@@ -17,6 +17,8 @@ pub enum Error {
     Closed { peer: String, during: &'static str },
     #[error("{peer} sent an unexpected {got} frame {during}")]
     Unexpected { peer: String, got: &'static str, during: &'static str },
+    #[error("{peer}: authentication failed: {why}")]
+    Auth { peer: String, why: String },
     #[error("server refused: {0}")]
     Refused(String),
     #[error("session aborted by the server: {0}")]

@@ -10,6 +10,7 @@
 //! - [`session`]: rendezvous, chain order, control and the report.
 //! - [`demo`]: a whole rack on loopback in one process.
 
+pub mod auth;
 pub mod chain;
 pub mod connection;
 pub mod demo;

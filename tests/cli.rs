@@ -137,9 +137,14 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
     let why = refusal_for(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(why.contains("unknown frame kind 0x47"), "{why}");
 
-    let mut old =
-        Frame::Hello(Hello { session: "sturdy".into(), name: "old".into(), role: Role::Node, data_port: 1 })
-            .encode();
+    let mut old = Frame::Hello(Hello {
+        session: "sturdy".into(),
+        name: "old".into(),
+        role: Role::Node,
+        data_port: 1,
+        nonce: None,
+    })
+    .encode();
     old[HEADER_LEN + MAGIC.len()..HEADER_LEN + MAGIC.len() + 2].copy_from_slice(&99u16.to_be_bytes());
     let why = refusal_for(addr, &old);
     assert!(why.contains("peer speaks version 99, this kacast speaks version 1"), "{why}");
@@ -149,9 +154,14 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
     let why = refusal_for(addr, &huge);
     assert!(why.contains("more than its maximum"), "{why}");
 
-    let wrong =
-        Frame::Hello(Hello { session: "other".into(), name: "x".into(), role: Role::Node, data_port: 1 })
-            .encode();
+    let wrong = Frame::Hello(Hello {
+        session: "other".into(),
+        name: "x".into(),
+        role: Role::Node,
+        data_port: 1,
+        nonce: None,
+    })
+    .encode();
     let why = refusal_for(addr, &wrong);
     assert_eq!(why, "this server runs session 'sturdy', not 'other'");
 

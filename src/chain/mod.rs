@@ -18,7 +18,7 @@ mod stream;
 
 pub use forward::{forward, forward_reader};
 pub use receive::{receive, UpstreamError};
-pub use relay::{ChildLink, Fallback, Relay};
+pub use relay::{ChildLink, Fallback, Relay, RelayConfig};
 pub use ring::{Finish, Next, Ring, RingReader};
 pub use sink::{Sink, SinkGuard, SinkOutcome};
 pub use source::pump;

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::forward::{forward, forward_reader};
 use super::ring::{Ring, RingReader};
+use crate::auth::{self, Key};
 use crate::connection::Connection;
 use crate::net::wait_any;
 use crate::protocol::Frame;
@@ -47,8 +48,19 @@ pub struct Relay {
     acceptor: Option<JoinHandle<()>>,
 }
 
+/// What a relay needs to know besides its ring and children.
+pub struct RelayConfig {
+    pub session: String,
+    pub chunk_size: usize,
+    /// The server's way to re-read its input; `None` on nodes.
+    pub fallback: Option<Fallback>,
+    /// The session key: children must prove they hold it.
+    pub key: Option<Key>,
+}
+
 struct Shared {
     session: String,
+    key: Option<Key>,
     ring: Arc<Ring>,
     chunk_size: usize,
     fallback: Option<Fallback>,
@@ -76,18 +88,17 @@ impl Shared {
 impl Relay {
     pub fn start(
         listener: TcpListener,
-        session: &str,
         ring: Arc<Ring>,
         children: Vec<ChildLink>,
-        chunk_size: usize,
-        fallback: Option<Fallback>,
+        config: RelayConfig,
     ) -> std::io::Result<Relay> {
         let (woken, wake) = UnixStream::pair()?;
         let shared = Arc::new(Shared {
-            session: session.to_string(),
+            session: config.session,
             ring,
-            chunk_size,
-            fallback,
+            chunk_size: config.chunk_size,
+            fallback: config.fallback,
+            key: config.key,
             state: Mutex::new(RelayState {
                 pending: children.into_iter().map(|c| (c.node_id, c.reader)).collect(),
                 ..Default::default()
@@ -161,9 +172,9 @@ fn accept_loop(listener: TcpListener, mut woken: UnixStream, shared: Arc<Shared>
 fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome>, String> {
     let mut conn = Connection::new(stream).map_err(|e| e.to_string())?;
     let _ = conn.set_read_timeout(Some(HELLO_TIMEOUT));
-    let (node_id, offset) = match conn.read_frame() {
-        Ok(Some(Frame::DataHello { session, node_id, offset })) if session == shared.session => {
-            (node_id, offset)
+    let (node_id, offset, nonce) = match conn.read_frame() {
+        Ok(Some(Frame::DataHello { session, node_id, offset, nonce })) if session == shared.session => {
+            (node_id, offset, nonce)
         }
         Ok(Some(Frame::DataHello { session, .. })) => {
             return Err(format!("is for session '{session}', not '{}': dropped", shared.session))
@@ -172,6 +183,8 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
         Ok(None) => return Ok(None),
         Err(e) => return Err(format!("{e}: dropped")),
     };
+    auth::accept(&mut conn, shared.key.as_ref(), nonce)
+        .map_err(|e| format!("node {node_id}: {e}: dropped"))?;
     let _ = conn.set_read_timeout(None);
     let mut writer = conn.writer().map_err(|e| e.to_string())?;
     let socket = conn.stream().try_clone().map_err(|e| e.to_string())?;

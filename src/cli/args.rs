@@ -59,6 +59,9 @@ pub struct ServerArgs {
     /// Stream bytes held in memory per process (e.g. 32M)
     #[arg(long, default_value = "32M")]
     pub buffer: String,
+    /// Session key: nodes must hold the same, and every frame is authenticated
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Stream at most this many bytes per second (e.g. 50M), to spare a shared network
     #[arg(long, value_name = "SIZE")]
     pub max_rate: Option<String>,
@@ -105,6 +108,12 @@ pub struct Locate {
     /// UDP port for discovery broadcasts
     #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
     pub discovery_port: u16,
+    /// Session key, the same file as the server's
+    #[arg(long, value_name = "FILE", conflicts_with = "key_from_cmdline")]
+    pub key_file: Option<PathBuf>,
+    /// Take the session key from `kacast.key=` on the kernel command line
+    #[arg(long)]
+    pub key_from_cmdline: bool,
 }
 
 #[derive(Args)]

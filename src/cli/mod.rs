@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use kacast::auth::Key;
 use kacast::chain::Sink;
 use kacast::demo::{self, DemoConfig};
 use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
@@ -77,6 +78,7 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.discovery_port = (!a.no_discovery).then_some(a.discovery_port);
     c.timeout = seconds(a.timeout, "--timeout")?;
     c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
+    c.key = a.key_file.as_deref().map(Key::from_file).transpose()?;
     let server = Server::bind(c)?;
     let stats = server.stats();
     let watcher = std::thread::spawn(move || progress::watch(stats));
@@ -101,6 +103,17 @@ fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
     c.tries = l.tries;
     c.retry_interval = seconds(l.retry_interval, "--retry-interval")?;
     c.discovery_port = l.discovery_port;
+    c.key = match (&l.key_file, l.key_from_cmdline) {
+        (Some(path), _) => Some(Key::from_file(path)?),
+        (None, true) => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").context("read /proc/cmdline")?;
+            match Key::from_cmdline(&cmdline) {
+                Some(key) => Some(key?),
+                None => bail!("--key-from-cmdline: no kacast.key= on the kernel command line"),
+            }
+        }
+        (None, false) => None,
+    };
     Ok(c)
 }
 

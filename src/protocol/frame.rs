@@ -32,6 +32,8 @@ pub enum Kind {
     Abort = 0x08,
     Reattach = 0x09,
     Detach = 0x0a,
+    Challenge = 0x0b,
+    Proof = 0x0c,
     // data connection (child <- parent)
     DataHello = 0x10,
     Data = 0x11,
@@ -55,6 +57,8 @@ impl Kind {
             0x08 => Abort,
             0x09 => Reattach,
             0x0a => Detach,
+            0x0b => Challenge,
+            0x0c => Proof,
             0x10 => DataHello,
             0x11 => Data,
             0x12 => End,
@@ -77,6 +81,8 @@ impl Kind {
             Abort => "abort",
             Reattach => "reattach",
             Detach => "detach",
+            Challenge => "challenge",
+            Proof => "proof",
             DataHello => "data-hello",
             Data => "data",
             End => "end",
@@ -105,26 +111,40 @@ impl std::fmt::Display for Kind {
 pub struct Header {
     pub kind: Kind,
     pub len: u32,
+    /// An authentication tag of [`TAG_LEN`] bytes follows the payload.
+    pub tagged: bool,
 }
+
+/// Header flag: the frame carries an authentication tag (keyed sessions).
+pub const FLAG_TAG: u8 = 0x01;
+/// Length of the authentication tag after a tagged frame's payload: 128 bits of
+/// a keyed BLAKE3 hash, beyond forgery for the length of any deployment.
+pub const TAG_LEN: usize = 16;
+/// Length of handshake nonces and proofs.
+pub const NONCE_LEN: usize = 32;
 
 impl Header {
     /// Validates a header on its own bytes: known kind, no reserved flag, length
     /// within the kind's maximum.
     pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header, ProtocolError> {
         let kind = Kind::from_u8(b[0])?;
-        if b[1] != 0 {
+        if b[1] & !FLAG_TAG != 0 {
             return Err(ProtocolError::Flags { kind: kind.name(), flags: b[1] });
         }
         let len = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
         if len > kind.max_payload() {
             return Err(ProtocolError::TooLong { kind: kind.name(), len, max: kind.max_payload() });
         }
-        Ok(Header { kind, len })
+        Ok(Header { kind, len, tagged: b[1] & FLAG_TAG != 0 })
     }
 
     pub fn encode(kind: Kind, len: usize) -> [u8; HEADER_LEN] {
-        let l = (len as u32).to_be_bytes();
-        [kind as u8, 0, l[0], l[1], l[2], l[3]]
+        Header { kind, len: len as u32, tagged: false }.to_bytes()
+    }
+
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let l = self.len.to_be_bytes();
+        [self.kind as u8, if self.tagged { FLAG_TAG } else { 0 }, l[0], l[1], l[2], l[3]]
     }
 }
 
@@ -144,6 +164,8 @@ pub struct Hello {
     pub role: Role,
     /// TCP port the node listens on for its own children (0 for `go`).
     pub data_port: u16,
+    /// The node's handshake nonce when it holds the session key.
+    pub nonce: Option<[u8; NONCE_LEN]>,
 }
 
 /// The server's answer to a discovery broadcast for its session.
@@ -221,6 +243,16 @@ pub enum Frame {
         session: String,
         node_id: u32,
         offset: u64,
+        nonce: Option<[u8; NONCE_LEN]>,
+    },
+    /// Acceptor to connector, keyed sessions: its nonce and its proof of the key.
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+        proof: [u8; NONCE_LEN],
+    },
+    /// Connector to acceptor: its proof of the key.
+    Proof {
+        proof: [u8; NONCE_LEN],
     },
     Data(Vec<u8>),
     End(End),
@@ -243,6 +275,8 @@ impl Frame {
             Frame::Abort { .. } => Kind::Abort,
             Frame::Reattach { .. } => Kind::Reattach,
             Frame::Detach { .. } => Kind::Detach,
+            Frame::Challenge { .. } => Kind::Challenge,
+            Frame::Proof { .. } => Kind::Proof,
             Frame::DataHello { .. } => Kind::DataHello,
             Frame::Data(_) => Kind::Data,
             Frame::End(_) => Kind::End,
@@ -295,7 +329,8 @@ impl Frame {
                     r => return Err(f.bad("role", r as u64)),
                 };
                 let data_port = f.u16("data_port")?;
-                Frame::Hello(Hello { session, name, role, data_port })
+                let nonce = nonce(&mut f)?;
+                Frame::Hello(Hello { session, name, role, data_port, nonce })
             }
             Kind::Welcome => {
                 greeting(&mut f)?;
@@ -338,12 +373,15 @@ impl Frame {
             Kind::Abort => Frame::Abort { reason: f.string("reason", MAX_REASON)? },
             Kind::Reattach => Frame::Reattach { upstream: socket_addr(&mut f, "upstream")? },
             Kind::Detach => Frame::Detach { node_id: f.u32("node_id")? },
+            Kind::Challenge => Frame::Challenge { nonce: f.array("nonce")?, proof: f.array("proof")? },
+            Kind::Proof => Frame::Proof { proof: f.array("proof")? },
             Kind::DataHello => {
                 greeting(&mut f)?;
                 let session = session(&mut f)?;
                 let node_id = f.u32("node_id")?;
                 let offset = f.u64("offset")?;
-                Frame::DataHello { session, node_id, offset }
+                let nonce = nonce(&mut f)?;
+                Frame::DataHello { session, node_id, offset, nonce }
             }
             Kind::Data => return Ok(Frame::Data(payload.to_vec())),
             Kind::End => {
@@ -375,6 +413,7 @@ impl Frame {
                 put_string(&mut p, &h.name, MAX_NAME);
                 p.push(h.role as u8);
                 p.extend_from_slice(&h.data_port.to_be_bytes());
+                put_nonce(&mut p, h.nonce);
             }
             Frame::Welcome { node_id } => {
                 put_greeting(&mut p);
@@ -408,11 +447,17 @@ impl Frame {
                 put_string(&mut p, r.error.as_deref().unwrap_or(""), MAX_REASON);
             }
             Frame::Bye => {}
-            Frame::DataHello { session, node_id, offset } => {
+            Frame::Challenge { nonce, proof } => {
+                p.extend_from_slice(nonce);
+                p.extend_from_slice(proof);
+            }
+            Frame::Proof { proof } => p.extend_from_slice(proof),
+            Frame::DataHello { session, node_id, offset, nonce } => {
                 put_greeting(&mut p);
                 put_string(&mut p, session, MAX_SESSION);
                 p.extend_from_slice(&node_id.to_be_bytes());
                 p.extend_from_slice(&offset.to_be_bytes());
+                put_nonce(&mut p, *nonce);
             }
             Frame::Data(bytes) => p.extend_from_slice(bytes),
             Frame::End(e) => {
@@ -434,6 +479,18 @@ impl Frame {
         out.extend_from_slice(&p);
         out
     }
+}
+
+/// A key flag then 32 bytes (zero without a key), so the layout is fixed.
+fn put_nonce(p: &mut Vec<u8>, nonce: Option<[u8; NONCE_LEN]>) {
+    p.push(nonce.is_some() as u8);
+    p.extend_from_slice(&nonce.unwrap_or([0; NONCE_LEN]));
+}
+
+fn nonce(f: &mut Fields<'_>) -> Result<Option<[u8; NONCE_LEN]>, ProtocolError> {
+    let keyed = boolean(f, "keyed")?;
+    let nonce = f.array::<NONCE_LEN>("nonce")?;
+    Ok(keyed.then_some(nonce))
 }
 
 fn put_greeting(p: &mut Vec<u8>) {
@@ -503,8 +560,17 @@ mod tests {
                 name: "n1".into(),
                 role: Role::Node,
                 data_port: 4000,
+                nonce: Some([7; 32]),
             }),
-            Frame::Hello(Hello { session: "s".into(), name: String::new(), role: Role::Go, data_port: 0 }),
+            Frame::Hello(Hello {
+                session: "s".into(),
+                name: String::new(),
+                role: Role::Go,
+                data_port: 0,
+                nonce: None,
+            }),
+            Frame::Challenge { nonce: [1; 32], proof: [2; 32] },
+            Frame::Proof { proof: [3; 32] },
             Frame::Welcome { node_id: 7 },
             Frame::Refuse { reason: "late".into() },
             Frame::Assign(Assign {
@@ -542,7 +608,7 @@ mod tests {
             }),
             Frame::Bye,
             Frame::Abort { reason: "server stopping".into() },
-            Frame::DataHello { session: "a.b-c_d".into(), node_id: 1, offset: 42 },
+            Frame::DataHello { session: "a.b-c_d".into(), node_id: 1, offset: 42, nonce: None },
             Frame::Data(vec![1, 2, 3]),
             Frame::Data(vec![]),
             Frame::End(End { length: 3, hash: [9; 32] }),

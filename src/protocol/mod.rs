@@ -13,7 +13,9 @@ mod frame;
 mod wire;
 
 pub use error::ProtocolError;
-pub use frame::{Assign, End, Frame, Header, Hello, Kind, Offer, Report, Role, HEADER_LEN};
+pub use frame::{
+    Assign, End, Frame, Header, Hello, Kind, Offer, Report, Role, FLAG_TAG, HEADER_LEN, NONCE_LEN, TAG_LEN,
+};
 pub use wire::validate_session;
 
 /// Opens every hello payload: a stranger speaking another protocol on our port is

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::discovery::discover;
+use crate::auth::{self, Key};
 use crate::chain::{
-    receive, ChildLink, Finish, Relay, Ring, Sink, SinkGuard, SinkOutcome, StreamReader, UpstreamError,
-    CHUNK_SIZE, DEFAULT_BUFFER,
+    receive, ChildLink, Finish, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkOutcome, StreamReader,
+    UpstreamError, CHUNK_SIZE, DEFAULT_BUFFER,
 };
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
@@ -74,6 +75,8 @@ pub struct ClientConfig {
     pub bind: IpAddr,
     pub data_port: u16,
     pub discovery_port: u16,
+    /// The session key (`--key-file`); the server must hold the same.
+    pub key: Option<Key>,
     /// Silence from the server after which this node gives up and exits
     /// non-zero; also how long it waits to be reattached after losing its upstream.
     pub timeout: Duration,
@@ -92,6 +95,7 @@ impl ClientConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             data_port: 0,
             discovery_port: DISCOVERY_PORT,
+            key: None,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -191,8 +195,18 @@ impl Client {
             .collect();
         let listener = self.listener.try_clone().context(|| "clone data listener".into())?;
         let relay = Arc::new(
-            Relay::start(listener, &c.session, Arc::clone(&ring), links, CHUNK_SIZE, None)
-                .context(|| "start relay".into())?,
+            Relay::start(
+                listener,
+                Arc::clone(&ring),
+                links,
+                RelayConfig {
+                    session: c.session.clone(),
+                    chunk_size: CHUNK_SIZE,
+                    fallback: None,
+                    key: c.key.clone(),
+                },
+            )
+            .context(|| "start relay".into())?,
         );
         let orders = Orders::new();
         let control_thread = {
@@ -272,8 +286,16 @@ impl Client {
             let result = match Connection::connect(target, Duration::from_secs(5)) {
                 Ok(mut up) => {
                     orders.set_upstream(up.stream().try_clone().ok());
-                    match up.write_frame(&Frame::DataHello { session: c.session.clone(), node_id, offset }) {
+                    let nonce = c.key.as_ref().map(|_| auth::nonce());
+                    let hello = Frame::DataHello { session: c.session.clone(), node_id, offset, nonce };
+                    let greeted = up.write_frame(&hello).and_then(|()| {
+                        up.set_read_timeout(Some(c.timeout))?;
+                        auth::connect(&mut up, c.key.as_ref(), nonce.unwrap_or_default())?;
+                        up.set_read_timeout(None)
+                    });
+                    match greeted {
                         Ok(()) => receive(&mut up, ring, &self.received),
+                        Err(Error::Refused(why)) => Err(UpstreamError::Refused(why)),
                         Err(e) => Err(UpstreamError::Broken(e.to_string())),
                     }
                 }
@@ -498,13 +520,16 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
                 continue;
             }
         };
+        let nonce = c.key.as_ref().map(|_| auth::nonce());
         conn.write_frame(&Frame::Hello(Hello {
             session: c.session.clone(),
             name: c.name.clone(),
             role,
             data_port,
+            nonce,
         }))?;
         conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        auth::connect(&mut conn, c.key.as_ref(), nonce.unwrap_or_default())?;
         return match conn.expect_frame("instead of answering the hello")? {
             Frame::Welcome { node_id } => {
                 conn.set_read_timeout(None)?;

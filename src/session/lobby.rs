@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use super::client::HEARTBEAT;
 use super::report::NodeResult;
 use super::stats::Stats;
+use crate::auth::{self, Key};
 use crate::chain::Relay;
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
@@ -41,6 +42,7 @@ pub(crate) struct Lobby {
     pub session: String,
     pub stats: Arc<Stats>,
     pub timeout: Duration,
+    pub key: Option<Key>,
 }
 
 #[derive(Default)]
@@ -154,12 +156,13 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
             return Err(e);
         }
     };
-    let Hello { session, name, role, data_port } = hello;
+    let Hello { session, name, role, data_port, nonce } = hello;
     if session != lobby.session {
         let reason = format!("this server runs session '{}', not '{session}'", lobby.session);
         let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
         return Err(Error::Refused(reason));
     }
+    auth::accept(&mut conn, lobby.key.as_ref(), nonce)?;
     if role == Role::Go {
         let mut st = lobby.lock();
         st.go = true;

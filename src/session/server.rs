@@ -17,7 +17,8 @@ use super::lobby::{check_stalls, heartbeat, serve_control, Lobby, LobbyState};
 use super::order::{arrange, read_node_file, tree_parent, Candidate, Order};
 use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
-use crate::chain::{pump, ChildLink, Relay, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
+use crate::auth::Key;
+use crate::chain::{pump, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
 use crate::error::{Error, IoContext, Result};
 use crate::net::wait_readable;
 use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
@@ -42,6 +43,9 @@ pub struct ServerConfig {
     pub control_port: Option<u16>,
     /// `None`: no discovery responder (nodes must be given `--server`).
     pub discovery_port: Option<u16>,
+    /// The session key (`--key-file`): nodes must prove they hold it, and every
+    /// frame is authenticated. Without one, anyone on the segment can join.
+    pub key: Option<Key>,
     /// `--max-rate`: bytes per second the server streams at most.
     pub max_rate: Option<u64>,
     /// A node silent or stalling the chain this long is declared dead and
@@ -63,6 +67,7 @@ impl ServerConfig {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             control_port: None,
             discovery_port: Some(DISCOVERY_PORT),
+            key: None,
             max_rate: None,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -145,7 +150,14 @@ impl Server {
             session: config.session.clone(),
             stats: Arc::new(Stats::default()),
             timeout: config.timeout,
+            key: config.key.clone(),
         });
+        if config.key.is_none() {
+            warn!(
+                "no --key-file: ANY host on this network segment can join session '{}' and receive the stream",
+                config.session
+            );
+        }
         Ok(Server { config, listed, control, data, discovery, lobby })
     }
 
@@ -231,15 +243,14 @@ impl Server {
             .map(|(i, id)| ChildLink { node_id: *id, reader: ring.reader(i) })
             .collect();
         let data = self.data.try_clone().context(|| "clone data listener".into())?;
-        let relay = Relay::start(
-            data,
-            &self.config.session,
-            Arc::clone(&ring),
-            links,
-            self.config.chunk_size,
-            input.reread,
-        )
-        .context(|| "start the server's relay".into())?;
+        let relay_config = RelayConfig {
+            session: self.config.session.clone(),
+            chunk_size: self.config.chunk_size,
+            fallback: input.reread,
+            key: self.config.key.clone(),
+        };
+        let relay = Relay::start(data, Arc::clone(&ring), links, relay_config)
+            .context(|| "start the server's relay".into())?;
         let relay = Arc::new(relay);
         st.relay = Some(Arc::clone(&relay));
         let stats = &self.lobby.stats;
