@@ -268,7 +268,7 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut w = Connection::connect(relay_addr, Duration::from_secs(5)).unwrap();
             w.seal(key, End::Connector);
-            w.write_frame(&Frame::Progress { received: 1, written: 2 }).unwrap();
+            w.write_frame(&Frame::Progress { received: 1, written: 2, idle_ms: 3 }).unwrap();
             w.writer().unwrap().write_data(&[5u8; 1000]).unwrap();
         });
         // A man in the middle: reads everything, alters it, forwards it.
@@ -290,7 +290,7 @@ mod tests {
     #[test]
     fn sealed_frames_pass_untouched() {
         let mut r = sealed_pair(|b| b);
-        assert_eq!(r.read_frame().unwrap(), Some(Frame::Progress { received: 1, written: 2 }));
+        assert_eq!(r.read_frame().unwrap(), Some(Frame::Progress { received: 1, written: 2, idle_ms: 3 }));
         assert_eq!(r.read_frame().unwrap(), Some(Frame::Data(vec![5; 1000])));
     }
 
@@ -308,8 +308,8 @@ mod tests {
 
     #[test]
     fn a_dropped_or_replayed_frame_breaks_the_sequence() {
-        // Drop the first frame (6 + 16 + 16 bytes): the second arrives out of sequence.
-        let mut r = sealed_pair(|b| b[HEADER_LEN + 16 + TAG_LEN..].to_vec());
+        // Drop the first frame (6 + 24 + 16 bytes): the second arrives out of sequence.
+        let mut r = sealed_pair(|b| b[HEADER_LEN + 24 + TAG_LEN..].to_vec());
         let e = r.read_frame().unwrap_err().to_string();
         assert!(e.contains("failed authentication"), "{e}");
     }
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn an_injected_plain_frame_is_refused() {
         let mut r = sealed_pair(|b| {
-            let mut forged = Frame::Progress { received: 7, written: 7 }.encode();
+            let mut forged = Frame::Progress { received: 7, written: 7, idle_ms: 7 }.encode();
             forged.extend(b);
             forged
         });

@@ -147,7 +147,7 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
     .encode();
     old[HEADER_LEN + MAGIC.len()..HEADER_LEN + MAGIC.len() + 2].copy_from_slice(&99u16.to_be_bytes());
     let why = refusal_for(addr, &old);
-    assert!(why.contains("peer speaks version 99, this kacast speaks version 1"), "{why}");
+    assert!(why.contains("peer speaks version 99, this kacast speaks version 2"), "{why}");
 
     let mut huge = Header::encode(Kind::Hello, 0).to_vec();
     huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());

@@ -20,7 +20,7 @@ use kacast::demo::Pattern;
 const SIZE: u64 = 96 << 20;
 const RATE: &str = "48M";
 /// Short enough for quick tests, long enough for a loaded 2-core machine.
-const TIMEOUT: &str = "2";
+const TIMEOUT: &str = "3";
 
 struct Rack {
     dir: tempfile::TempDir,
@@ -56,7 +56,8 @@ fn name(i: usize) -> String {
 
 impl Rack {
     /// A server and `n` nodes writing files; `sink` may replace a node's sink.
-    fn start(n: usize, buffer: &str, sink: impl Fn(usize) -> Option<Vec<String>>) -> Rack {
+    /// `sink(i, out)` may replace node `i`'s sink; `out` is where its copy is checked.
+    fn start(n: usize, buffer: &str, sink: impl Fn(usize, &str) -> Option<Vec<String>>) -> Rack {
         let one_at_a_time = RACKS.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("input");
@@ -74,6 +75,9 @@ impl Rack {
             .arg(d.join("ok"))
             .arg("--ko")
             .arg(d.join("ko"))
+            .arg("--report")
+            .arg(d.join("report.json"))
+            .args(["--slow-after", "1.5"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +86,7 @@ impl Rack {
         let nodes = (1..=n)
             .map(|i| {
                 let out = d.join(name(i)).to_str().unwrap().to_string();
-                let sink = sink(i).unwrap_or_else(|| vec!["--to-file".into(), out]);
+                let sink = sink(i, &out).unwrap_or_else(|| vec!["--to-file".into(), out]);
                 Some(
                     Command::new(kacast_bin())
                         .args(["client", "-s", "faults", "--server", &format!("127.0.0.1:{port}")])
@@ -140,8 +144,9 @@ impl Rack {
     }
 
     /// Waits for the server; checks its exit code, that the ko file names exactly
-    /// `failed` and that every other node's copy equals the source.
-    fn finish(mut self, failed: &[usize]) -> String {
+    /// `failed` and that every other node's copy equals the source. Returns the
+    /// ko file and the JSON report.
+    fn finish(mut self, failed: &[usize]) -> (String, serde_json::Value) {
         let status = self.server.take().unwrap().wait().unwrap();
         let mut exits = Vec::new();
         for (i, c) in self.nodes.iter_mut().enumerate() {
@@ -178,7 +183,8 @@ impl Rack {
             }
         }
         let _ = &self.input;
-        ko
+        let report = std::fs::read_to_string(self.dir.path().join("report.json")).unwrap();
+        (ko, serde_json::from_str(&report).unwrap())
     }
 }
 
@@ -236,7 +242,7 @@ fn sigkill_at_random_offsets() {
             }
         }
         // Small buffers: the replay often has to come from the server's re-read.
-        let rack = Rack::start(n, if seed % 2 == 0 { "4M" } else { "32M" }, |_| None);
+        let rack = Rack::start(n, if seed % 2 == 0 { "4M" } else { "32M" }, |_, _| None);
         for &v in &victims {
             let offset = r(SIZE * 8 / 10);
             eprintln!("seed {seed}: {n} nodes, killing node {v} at byte {offset}");
@@ -249,7 +255,7 @@ fn sigkill_at_random_offsets() {
 
 #[test]
 fn first_and_last_nodes_killed() {
-    let rack = Rack::start(8, "8M", |_| None);
+    let rack = Rack::start(8, "8M", |_, _| None);
     rack.wait_written(1, SIZE / 4);
     rack.signal(1, libc::SIGKILL);
     rack.wait_written(8, SIZE / 2);
@@ -259,7 +265,7 @@ fn first_and_last_nodes_killed() {
 
 #[test]
 fn two_neighbours_killed_together() {
-    let rack = Rack::start(8, "8M", |_| None);
+    let rack = Rack::start(8, "8M", |_, _| None);
     rack.wait_written(5, SIZE / 3);
     rack.signal(4, libc::SIGKILL);
     rack.signal(5, libc::SIGKILL);
@@ -268,7 +274,7 @@ fn two_neighbours_killed_together() {
 
 #[test]
 fn a_node_killed_before_the_stream_reaches_it() {
-    let rack = Rack::start(6, "8M", |_| None);
+    let rack = Rack::start(6, "8M", |_, _| None);
     // Its file appears when it is told its place, before any byte arrives.
     rack.wait_written(3, 0);
     rack.signal(3, libc::SIGKILL);
@@ -277,19 +283,19 @@ fn a_node_killed_before_the_stream_reaches_it() {
 
 #[test]
 fn a_stopped_node_is_bypassed_after_the_timeout() {
-    let rack = Rack::start(6, "8M", |_| None);
+    let rack = Rack::start(6, "8M", |_, _| None);
     rack.wait_written(3, SIZE / 4);
     rack.signal(3, libc::SIGSTOP);
-    let ko = rack.finish(&[3]);
-    assert!(ko.contains("silent for 2s"), "{ko}");
+    let (ko, _) = rack.finish(&[3]);
+    assert!(ko.contains(&format!("silent for {TIMEOUT}s")), "{ko}");
 }
 
 #[test]
 fn a_sink_that_stops_reading_is_cut_off_and_killed() {
     let marker = format!("sleep 6{}.5", std::process::id() % 1000);
     let cmd = marker.clone();
-    let rack = Rack::start(5, "4M", move |i| (i == 2).then(|| vec!["-e".to_string(), cmd.clone()]));
-    let ko = rack.finish(&[2]);
+    let rack = Rack::start(5, "4M", move |i, _| (i == 2).then(|| vec!["-e".to_string(), cmd.clone()]));
+    let (ko, _) = rack.finish(&[2]);
     assert!(ko.contains("sink took no data"), "{ko}");
     let left = Command::new("pgrep").args(["-f", &marker]).output().unwrap();
     assert!(left.stdout.is_empty(), "the hung sink command outlived its node: {:?}", left);
@@ -300,7 +306,7 @@ fn a_cut_data_connection_heals_without_losing_a_node() {
     if let Some(why) = missing_tool("ss") {
         return skip(&why);
     }
-    let rack = Rack::start(5, "8M", |_| None);
+    let rack = Rack::start(5, "8M", |_, _| None);
     rack.wait_written(3, SIZE / 3);
     // Node 3's upstream is node 2: cut every connection to node 2's data port.
     let port = data_port_of(&rack, 2);
@@ -324,4 +330,34 @@ fn data_port_of(rack: &Rack, i: usize) -> u16 {
     let local = line.split_whitespace().nth(3).unwrap();
     let _ = rack.port;
     local.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_slow_node_is_fed_on_its_own_and_the_others_keep_their_speed() {
+    // Node 3 writes 256 KiB every 50 ms at most (about 5 MB/s): alone it would
+    // set the pace of the whole chain.
+    let rack = Rack::start(5, "8M", |i, out| {
+        (i == 3).then(|| {
+            let cmd = format!(
+                "while [ \"$(dd bs=256k count=1 iflag=fullblock status=none | tee -a {out} | wc -c)\" -gt 0 ]; do sleep 0.05; done"
+            );
+            vec!["-e".to_string(), cmd]
+        })
+    });
+    // The stream is throttled to 48 MiB/s: 2 s for the chain, ~20 s for node 3.
+    // `finish` checks every copy, the slow node's too.
+    let (_, report) = rack.finish(&[]);
+    let took = |name: &str| {
+        report["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).unwrap()["duration_s"]
+            .as_f64()
+            .unwrap()
+    };
+    let slow = took("node03");
+    for other in ["node01", "node02", "node04", "node05"] {
+        assert!(
+            took(other) * 2.0 < slow,
+            "{other} took {}s, the slow node {slow}s: it still set the pace",
+            took(other)
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub use relay::{ChildLink, Fallback, Relay, RelayConfig};
 pub use ring::{Finish, Next, Ring, RingReader};
 pub use sink::{Sink, SinkGuard, SinkOutcome};
 pub use source::pump;
-pub use stream::StreamReader;
+pub use stream::{SinkMeter, StreamReader};
 
 /// Size of the chunks the server cuts the stream into, i.e. of every data frame.
 /// Large enough that per-frame costs (a header, a lock, a wake-up) vanish next to

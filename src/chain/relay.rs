@@ -76,6 +76,9 @@ struct RelayState {
     active: HashMap<u32, TcpStream>,
     /// Children detached by the server: refused if they come back.
     detached: Vec<u32>,
+    /// Slow nodes fed on their own: never from the ring, which they would
+    /// hold back, but from a re-read of the input.
+    solo: Vec<u32>,
     threads: Vec<JoinHandle<Option<ChildOutcome>>>,
 }
 
@@ -124,6 +127,13 @@ impl Relay {
             info!("cutting off child node {node_id}");
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Serves `node_id` on its own from now on (see [`RelayState::solo`]).
+    pub fn solo(&self, node_id: u32) {
+        let mut st = self.shared.lock();
+        st.detached.retain(|id| *id != node_id);
+        st.solo.push(node_id);
     }
 
     /// Stops accepting and waits for the relays in progress; returns each
@@ -198,12 +208,18 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
             return Ok(None);
         }
         st.active.insert(node_id, socket);
+        let solo = st.solo.contains(&node_id);
         match st.pending.remove(&node_id) {
-            Some(r) if offset == 0 => Some(r),
+            Some(r) if offset == 0 && !solo => Some(r),
             reserved => {
                 drop(reserved);
                 drop(st);
-                shared.ring.attach_at(offset)
+                match (solo, &shared.fallback) {
+                    // Re-read for it below: it must not hold back the ring.
+                    (true, Some(_)) => None,
+                    (true, None) => shared.ring.attach_weak_at(offset),
+                    (false, _) => shared.ring.attach_at(offset),
+                }
             }
         }
     };

@@ -65,6 +65,9 @@ struct State {
 struct ReaderState {
     next: u64,
     active: bool,
+    /// Does not hold back the producer: it is dropped if it falls out of the
+    /// buffer (a slow node fed on its own when the input cannot be re-read).
+    weak: bool,
 }
 
 /// Why the producer should stop: the ring was closed with nobody left to read.
@@ -79,7 +82,7 @@ impl Ring {
                 base: 0,
                 head_offset: 0,
                 held: 0,
-                readers: (0..readers).map(|_| ReaderState { next: 0, active: true }).collect(),
+                readers: (0..readers).map(|_| ReaderState { next: 0, active: true, weak: false }).collect(),
                 finish: None,
                 closed: false,
                 producer_waiting: false,
@@ -105,6 +108,16 @@ impl Ring {
     /// A new reader starting at byte `offset`, if the ring still holds it (or it
     /// is exactly where the stream is now). `None` when that part is gone.
     pub fn attach_at(self: &Arc<Ring>, offset: u64) -> Option<RingReader> {
+        self.attach(offset, false)
+    }
+
+    /// As [`Ring::attach_at`], for a reader that never holds back the producer
+    /// and fails if it falls behind what the ring holds.
+    pub fn attach_weak_at(self: &Arc<Ring>, offset: u64) -> Option<RingReader> {
+        self.attach(offset, true)
+    }
+
+    fn attach(self: &Arc<Ring>, offset: u64, weak: bool) -> Option<RingReader> {
         let mut st = self.lock();
         let seq = if offset == st.head_offset {
             st.base + st.chunks.len() as u64
@@ -112,7 +125,7 @@ impl Ring {
             let i = st.chunks.iter().position(|c| c.offset == offset)?;
             st.base + i as u64
         };
-        st.readers.push(ReaderState { next: seq, active: true });
+        st.readers.push(ReaderState { next: seq, active: true, weak });
         let id = st.readers.len() - 1;
         drop(st);
         self.space.notify_all();
@@ -193,7 +206,12 @@ impl Ring {
         let mut st = self.lock();
         loop {
             let pos = st.readers[id].next;
-            let idx = pos.saturating_sub(st.base) as usize;
+            if pos < st.base {
+                let why =
+                    "it fell further behind than the server's buffer holds (use -i FILE to allow re-reading)";
+                return Next::Finished(Finish::Abandoned(why.into()));
+            }
+            let idx = (pos - st.base) as usize;
             if let Some(chunk) = st.chunks.get(idx) {
                 let chunk = Arc::clone(&chunk.bytes);
                 st.readers[id].next = pos + 1;
@@ -238,14 +256,15 @@ impl State {
 
     /// Byte offset of the slowest active reader, `None` when there is none.
     fn slowest_offset(&self) -> Option<u64> {
-        let seq = self.readers.iter().filter(|r| r.active).map(|r| r.next).min()?;
+        let seq = self.readers.iter().filter(|r| r.active && !r.weak).map(|r| r.next).min()?;
         Some(self.offset_of(seq))
     }
 
     /// Drops the oldest chunks every active reader has passed, until `len` more
     /// bytes fit in the capacity.
     fn evict_for(&mut self, len: usize, capacity: usize) {
-        let slowest = self.readers.iter().filter(|r| r.active).map(|r| r.next).min().unwrap_or(u64::MAX);
+        let slowest =
+            self.readers.iter().filter(|r| r.active && !r.weak).map(|r| r.next).min().unwrap_or(u64::MAX);
         while self.held + len > capacity && self.base < slowest {
             let Some(old) = self.chunks.pop_front() else { break };
             self.base += 1;

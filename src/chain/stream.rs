@@ -3,6 +3,7 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::ring::{Chunk, Finish, Next, RingReader};
 use crate::protocol::End;
@@ -16,9 +17,18 @@ pub struct StreamReader {
     bytes: u64,
     current: Option<(Chunk, usize)>,
     finish: Option<Finish>,
-    /// Bytes handed to the sink so far, read by the heartbeat: a sink that stops
-    /// taking bytes is how a hung disk shows.
-    taken: Arc<AtomicU64>,
+    meter: Arc<SinkMeter>,
+}
+
+/// What the heartbeat tells the server about the local sink.
+#[derive(Debug, Default)]
+pub struct SinkMeter {
+    /// Bytes handed to the sink so far: a sink that stops taking bytes is how a
+    /// hung disk shows.
+    pub taken: AtomicU64,
+    /// Milliseconds the sink spent waiting for data: a sink that never waits
+    /// while the others do is the slow node of the chain.
+    pub idle_ms: AtomicU64,
 }
 
 /// What the node received, checked against the end-of-stream frame.
@@ -32,11 +42,11 @@ pub struct Verdict {
 
 impl StreamReader {
     pub fn new(reader: RingReader) -> StreamReader {
-        StreamReader::with_counter(reader, Arc::new(AtomicU64::new(0)))
+        StreamReader::metered(reader, Arc::new(SinkMeter::default()))
     }
 
-    pub fn with_counter(reader: RingReader, taken: Arc<AtomicU64>) -> StreamReader {
-        StreamReader { reader, hasher: blake3::Hasher::new(), bytes: 0, current: None, finish: None, taken }
+    pub fn metered(reader: RingReader, meter: Arc<SinkMeter>) -> StreamReader {
+        StreamReader { reader, hasher: blake3::Hasher::new(), bytes: 0, current: None, finish: None, meter }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -54,11 +64,14 @@ impl StreamReader {
         if self.finish.is_some() {
             return None;
         }
-        match self.reader.next_chunk() {
+        let waited = Instant::now();
+        let next = self.reader.next_chunk();
+        self.meter.idle_ms.fetch_add(waited.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match next {
             Next::Chunk(c) => {
                 self.hasher.update(&c);
                 self.bytes += c.len() as u64;
-                self.taken.store(self.bytes, Ordering::Relaxed);
+                self.meter.taken.store(self.bytes, Ordering::Relaxed);
                 Some(c)
             }
             Next::Finished(f) => {

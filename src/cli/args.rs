@@ -59,6 +59,9 @@ pub struct ServerArgs {
     /// Stream bytes held in memory per process (e.g. 32M)
     #[arg(long, default_value = "32M")]
     pub buffer: String,
+    /// Seconds a node may be much slower than the rest before it is fed on its own (0: never)
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub slow_after: f64,
     /// Session key: nodes must hold the same, and every frame is authenticated
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,

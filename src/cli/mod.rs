@@ -79,6 +79,7 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.timeout = seconds(a.timeout, "--timeout")?;
     c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
     c.key = a.key_file.as_deref().map(Key::from_file).transpose()?;
+    c.slow_after = Some(seconds(a.slow_after, "--slow-after")?).filter(|d| !d.is_zero());
     let server = Server::bind(c)?;
     let stats = server.stats();
     let watcher = std::thread::spawn(move || progress::watch(stats));

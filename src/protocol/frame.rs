@@ -220,11 +220,13 @@ pub enum Frame {
         reason: String,
     },
     Assign(Assign),
-    /// Heartbeat with progress: from a node, bytes received and bytes its sink
-    /// has taken; from the server, bytes sent (and 0).
+    /// Heartbeat with progress: from a node, bytes received, bytes its sink has
+    /// taken, and the total time its sink waited for data (a sink that never
+    /// waits is the chain's bottleneck); from the server, bytes sent (and 0s).
     Progress {
         received: u64,
         written: u64,
+        idle_ms: u64,
     },
     Report(Report),
     Bye,
@@ -353,7 +355,11 @@ impl Frame {
                 };
                 Frame::Assign(Assign { index, total, upstream, children, source, stream_len })
             }
-            Kind::Progress => Frame::Progress { received: f.u64("received")?, written: f.u64("written")? },
+            Kind::Progress => Frame::Progress {
+                received: f.u64("received")?,
+                written: f.u64("written")?,
+                idle_ms: f.u64("idle_ms")?,
+            },
             Kind::Report => {
                 let bytes = f.u64("bytes")?;
                 let hash_ok = boolean(&mut f, "hash_ok")?;
@@ -432,9 +438,10 @@ impl Frame {
                 put_socket_addr(&mut p, a.source);
                 p.extend_from_slice(&a.stream_len.unwrap_or(u64::MAX).to_be_bytes());
             }
-            Frame::Progress { received, written } => {
+            Frame::Progress { received, written, idle_ms } => {
                 p.extend_from_slice(&received.to_be_bytes());
                 p.extend_from_slice(&written.to_be_bytes());
+                p.extend_from_slice(&idle_ms.to_be_bytes());
             }
             Frame::Reattach { upstream } => put_socket_addr(&mut p, *upstream),
             Frame::Detach { node_id } => p.extend_from_slice(&node_id.to_be_bytes()),
@@ -589,7 +596,7 @@ mod tests {
                 source: "[fe80::1]:2".parse().unwrap(),
                 stream_len: None,
             }),
-            Frame::Progress { received: u64::MAX - 1, written: 3 },
+            Frame::Progress { received: u64::MAX - 1, written: 3, idle_ms: 9 },
             Frame::Reattach { upstream: "192.168.1.2:40000".parse().unwrap() },
             Frame::Detach { node_id: 9 },
             Frame::Report(Report {

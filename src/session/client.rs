@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 use super::discovery::discover;
 use crate::auth::{self, Key};
 use crate::chain::{
-    receive, ChildLink, Finish, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkOutcome, StreamReader,
-    UpstreamError, CHUNK_SIZE, DEFAULT_BUFFER,
+    receive, ChildLink, Finish, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkMeter, SinkOutcome,
+    StreamReader, UpstreamError, CHUNK_SIZE, DEFAULT_BUFFER,
 };
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
@@ -160,9 +160,9 @@ impl Client {
         let data_port = self.listener.local_addr().context(|| "data address".into())?.port();
         let (mut control, node_id) = join(c, Role::Node, data_port)?;
         info!("joined session '{}' as '{}' via {}", c.session, c.name, control.peer());
-        let taken = Arc::new(AtomicU64::new(0));
+        let meter = Arc::new(SinkMeter::default());
         let writer = Arc::new(Mutex::new(control.writer()?));
-        let heartbeat = Heartbeat::start(Arc::clone(&writer), Arc::clone(&self.received), Arc::clone(&taken));
+        let heartbeat = Heartbeat::start(Arc::clone(&writer), Arc::clone(&self.received), Arc::clone(&meter));
 
         control.set_read_timeout(Some(c.timeout))?;
         let assign = loop {
@@ -184,9 +184,9 @@ impl Client {
         let ring = Ring::new(c.buffer, children.len() + 1);
         let guard = SinkGuard::default();
         let sink = {
-            let (reader, sink, taken, guard) =
-                (ring.reader(0), c.sink.clone(), Arc::clone(&taken), guard.clone());
-            thread::spawn(move || sink.run_guarded(StreamReader::with_counter(reader, taken), &guard))
+            let (reader, sink, meter, guard) =
+                (ring.reader(0), c.sink.clone(), Arc::clone(&meter), guard.clone());
+            thread::spawn(move || sink.run_guarded(StreamReader::metered(reader, meter), &guard))
         };
         let links: Vec<ChildLink> = children
             .iter()
@@ -459,13 +459,14 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn start(writer: Arc<Mutex<FrameWriter>>, received: Arc<AtomicU64>, taken: Arc<AtomicU64>) -> Heartbeat {
+    fn start(writer: Arc<Mutex<FrameWriter>>, received: Arc<AtomicU64>, meter: Arc<SinkMeter>) -> Heartbeat {
         let (stop, ticker) = mpsc::channel::<()>();
         let thread = thread::spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = ticker.recv_timeout(HEARTBEAT) {
                 let frame = Frame::Progress {
                     received: received.load(Ordering::Relaxed),
-                    written: taken.load(Ordering::Relaxed),
+                    written: meter.taken.load(Ordering::Relaxed),
+                    idle_ms: meter.idle_ms.load(Ordering::Relaxed),
                 };
                 if lock(&writer).write_frame(&frame).is_err() {
                     break;

@@ -1,12 +1,6 @@
 //! The server's view of the session's nodes: who joined, where each sits in the
-//! chain, how far each has got, and the repairs when one fails.
-//!
-//! A node is declared dead when its control connection breaks, when it is
-//! silent for `--timeout`, or when it stalls the chain for `--timeout`: its sink
-//! takes nothing although data is waiting (a hung disk), or it takes nothing from
-//! an upstream that has more while its own children have caught up with it (a
-//! hung receiver). Its children are then reattached to its upstream, which
-//! replays what they missed from its buffer (or the server re-reads its input).
+//! chain and how far each has got, kept up to date by each node's control
+//! connection. The repairs live in [`super::repair`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -16,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::client::HEARTBEAT;
+use super::repair::{declare_dead, detach_at_parent, remove_from_chain};
 use super::report::NodeResult;
 use super::stats::Stats;
 use crate::auth::{self, Key};
@@ -24,11 +18,6 @@ use crate::chain::Relay;
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{Frame, Hello, Report, Role};
-
-/// A sink is given this many `--timeout`s before it counts as hung: a busy
-/// disk flushing its cache can block writes for seconds, and cutting off a
-/// healthy node costs more than waiting a little for a dead one.
-const SINK_STALL_FACTOR: u32 = 3;
 
 /// How long a new control connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +32,9 @@ pub(crate) struct Lobby {
     pub stats: Arc<Stats>,
     pub timeout: Duration,
     pub key: Option<Key>,
+    /// `--slow-after`: how long a node may be much slower than the rest before
+    /// it is fed on its own; `None` never.
+    pub slow_after: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -82,6 +74,13 @@ pub(crate) struct Member {
     /// Last frame from the node: a silent node is judged by the heartbeat
     /// timeout, not by the stall rules.
     pub heard_at: Instant,
+    /// Moving average of the fraction of time its sink is busy (not waiting).
+    pub busy: f64,
+    pub last_beat: Option<(Instant, u64)>,
+    /// Since when it has looked much slower than the rest.
+    pub slow_since: Option<Instant>,
+    /// Taken out of the chain for slowness: fed by the server alone.
+    pub solo: bool,
 }
 
 impl Lobby {
@@ -99,11 +98,11 @@ impl Lobby {
 }
 
 impl LobbyState {
-    fn index_of(&self, id: u32) -> Option<usize> {
+    pub fn index_of(&self, id: u32) -> Option<usize> {
         self.members.iter().position(|m| m.id == id)
     }
 
-    fn at_pos(&self, pos: usize) -> Option<usize> {
+    pub fn at_pos(&self, pos: usize) -> Option<usize> {
         self.members.iter().position(|m| m.pos == pos)
     }
 
@@ -126,7 +125,7 @@ impl LobbyState {
     }
 
     /// Bytes the upstream of member `i` has: what it can offer.
-    fn upstream_has(&self, i: usize, sent: u64) -> u64 {
+    pub fn upstream_has(&self, i: usize, sent: u64) -> u64 {
         match self.at_pos(self.members[i].parent) {
             Some(p) if self.members[i].parent != 0 => self.members[p].received,
             _ => sent,
@@ -181,7 +180,9 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     conn.set_read_timeout(Some(lobby.timeout))?;
     let outcome = loop {
         match conn.read_frame() {
-            Ok(Some(Frame::Progress { received, written })) => heard(lobby, id, received, written),
+            Ok(Some(Frame::Progress { received, written, idle_ms })) => {
+                heard(lobby, id, received, written, idle_ms)
+            }
             Ok(Some(Frame::Report(r))) => break Ok(r),
             Ok(Some(other)) => break Err(conn.unexpected(&other, "during the session").to_string()),
             Ok(None) => break Err("its control connection closed before its report".to_string()),
@@ -249,17 +250,30 @@ fn join(conn: &mut Connection, lobby: &Lobby, name: String, data_port: u16) -> R
         behind_since: None,
         sink_behind_since: None,
         heard_at: now,
+        busy: 0.0,
+        last_beat: None,
+        slow_since: None,
+        solo: false,
     });
     lobby.stats.joined.store(st.members.len(), Ordering::Relaxed);
     info!("node '{name}' joined from {} ({} joined)", peer.ip(), st.members.len());
     Ok(id)
 }
 
-fn heard(lobby: &Lobby, id: u32, received: u64, written: u64) {
+fn heard(lobby: &Lobby, id: u32, received: u64, written: u64, idle_ms: u64) {
     let mut st = lobby.lock();
     let Some(i) = st.index_of(id) else { return };
     let now = Instant::now();
     let m = &mut st.members[i];
+    if let Some((at, idle)) = m.last_beat {
+        let span = now.duration_since(at).as_millis() as f64;
+        if span > 0.0 {
+            let busy = (1.0 - idle_ms.saturating_sub(idle) as f64 / span).clamp(0.0, 1.0);
+            // A few seconds of memory: one slow write is not a slow node.
+            m.busy = m.busy * 0.9 + busy * 0.1;
+        }
+    }
+    m.last_beat = Some((now, idle_ms));
     m.heard_at = now;
     if received != m.received {
         m.received = received;
@@ -295,78 +309,7 @@ fn reported(st: &mut LobbyState, lobby: &Lobby, id: u32, r: Report) {
     }
 }
 
-/// The node is gone or hopeless: it is told so (it exits non-zero), its result
-/// says why, and its children move up to its upstream.
-pub(crate) fn declare_dead(st: &mut LobbyState, lobby: &Lobby, id: u32, why: String) {
-    if st.results.contains_key(&id) && st.index_of(id).is_some_and(|i| st.members[i].dead) {
-        return;
-    }
-    warn!(
-        "node '{}' declared dead: {why}",
-        st.index_of(id).map(|i| st.members[i].name.as_str()).unwrap_or("?")
-    );
-    let (bytes, duration_ms) = match st.index_of(id) {
-        Some(i) => {
-            let _ = st.members[i].writer.write_frame(&Frame::Abort { reason: why.clone() });
-            (st.members[i].received, st.started_at.map(|t| t.elapsed().as_millis() as u64).unwrap_or(0))
-        }
-        None => (0, 0),
-    };
-    record(
-        st,
-        &lobby.stats,
-        id,
-        Report { bytes, hash_ok: false, sink_status: None, duration_ms, error: Some(why) },
-    );
-    remove_from_chain(st, id);
-}
-
-/// Reattaches the node's children to its upstream and cuts it off there.
-fn remove_from_chain(st: &mut LobbyState, id: u32) {
-    let Some(i) = st.index_of(id) else { return };
-    if st.members[i].dead || st.members[i].pos == 0 {
-        return;
-    }
-    st.members[i].dead = true;
-    let (pos, parent) = (st.members[i].pos, st.members[i].parent);
-    detach_at_parent(st, id);
-    let orphans: Vec<usize> = (0..st.members.len())
-        .filter(|&c| st.members[c].parent == pos && st.members[c].pos > 0 && !st.members[c].dead)
-        .collect();
-    for c in orphans {
-        st.members[c].parent = parent;
-        // A fresh timeout at its new upstream: it was starved, not stalled.
-        st.members[c].behind_since = None;
-        let upstream = st.upstream_of(c);
-        let child = &mut st.members[c];
-        if st.results.contains_key(&child.id) {
-            continue;
-        }
-        info!("reattaching node '{}' to {upstream}", child.name);
-        if let Err(e) = child.writer.write_frame(&Frame::Reattach { upstream }) {
-            warn!("cannot reattach node '{}': {e}", child.name);
-        }
-    }
-}
-
-/// Tells the node's upstream to stop serving it (releasing a reserved stream,
-/// cutting a hung connection).
-fn detach_at_parent(st: &mut LobbyState, id: u32) {
-    let Some(i) = st.index_of(id) else { return };
-    let parent = st.members[i].parent;
-    match st.at_pos(parent).filter(|_| parent != 0) {
-        Some(p) => {
-            let _ = st.members[p].writer.write_frame(&Frame::Detach { node_id: id });
-        }
-        None => {
-            if let Some(relay) = &st.relay {
-                relay.detach(id);
-            }
-        }
-    }
-}
-
-fn record(st: &mut LobbyState, stats: &Stats, id: u32, r: Report) {
+pub(crate) fn record(st: &mut LobbyState, stats: &Stats, id: u32, r: Report) {
     if st.results.contains_key(&id) {
         return;
     }
@@ -392,59 +335,13 @@ fn record(st: &mut LobbyState, stats: &Stats, id: u32, r: Report) {
     st.results.insert(id, result);
 }
 
-/// Finds nodes that stall the chain (see the module doc) and declares them dead.
-pub(crate) fn check_stalls(st: &mut LobbyState, lobby: &Lobby) {
-    let sent = lobby.stats.sent.load(Ordering::Relaxed);
-    let now = Instant::now();
-    let t = lobby.timeout;
-    let sink_limit = t * SINK_STALL_FACTOR;
-    let mut stalled = Vec::new();
-    for i in 0..st.members.len() {
-        let m = &st.members[i];
-        if m.pos == 0
-            || m.dead
-            || st.results.contains_key(&m.id)
-            || now.duration_since(m.heard_at) > 2 * HEARTBEAT
-        {
-            continue;
-        }
-        let behind = st.upstream_has(i, sent) > m.received;
-        let children_caught_up = st
-            .members
-            .iter()
-            .filter(|c| c.parent == m.pos && c.pos > 0 && !c.dead)
-            .all(|c| c.received >= m.received);
-        let m = &mut st.members[i];
-        if behind {
-            m.behind_since.get_or_insert(now);
-        } else {
-            m.behind_since = None;
-        }
-        let sink_stuck = m.sink_behind_since.is_some_and(|s| now.duration_since(s) >= sink_limit);
-        // A node whose own sink is behind is judged by the sink rule alone.
-        let receiver_stuck = m.written >= m.received
-            && children_caught_up
-            && m.behind_since.is_some_and(|s| now.duration_since(s) >= t);
-        if sink_stuck {
-            let why = format!("its sink took no data for {}s (hung disk?)", sink_limit.as_secs_f64());
-            stalled.push((m.id, why));
-        } else if receiver_stuck {
-            let why = format!("it took no data for {}s while its upstream had some", t.as_secs_f64());
-            stalled.push((m.id, why));
-        }
-    }
-    for (id, why) in stalled {
-        declare_dead(st, lobby, id, why);
-    }
-}
-
 /// The server's heartbeat to every node, so nodes notice a dead server. A node
 /// that cannot take even this is dead once the session has started.
 pub(crate) fn heartbeat(st: &mut LobbyState, lobby: &Lobby) {
     let sent = lobby.stats.sent.load(Ordering::Relaxed);
     let mut failed = Vec::new();
     for m in st.members.iter_mut().filter(|m| !m.dead) {
-        if let Err(e) = m.writer.write_frame(&Frame::Progress { received: sent, written: 0 }) {
+        if let Err(e) = m.writer.write_frame(&Frame::Progress { received: sent, written: 0, idle_ms: 0 }) {
             failed.push((m.id, format!("cannot reach it on its control connection: {e}")));
         }
     }

@@ -11,6 +11,7 @@ mod discovery;
 mod input;
 mod lobby;
 mod order;
+mod repair;
 mod report;
 mod server;
 mod stats;

@@ -13,8 +13,9 @@ use tracing::{info, warn};
 use super::client::{DEFAULT_TIMEOUT, HEARTBEAT};
 use super::discovery::DiscoveryResponder;
 use super::input::{open_input, Input};
-use super::lobby::{check_stalls, heartbeat, serve_control, Lobby, LobbyState};
+use super::lobby::{heartbeat, serve_control, Lobby, LobbyState};
 use super::order::{arrange, read_node_file, tree_parent, Candidate, Order};
+use super::repair::{check_slow, check_stalls, declare_dead};
 use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
 use crate::auth::Key;
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     /// The session key (`--key-file`): nodes must prove they hold it, and every
     /// frame is authenticated. Without one, anyone on the segment can join.
     pub key: Option<Key>,
+    /// `--slow-after`: a node much slower than the rest for this long is taken
+    /// out of the chain and fed on its own; `None` keeps every node in the chain.
+    pub slow_after: Option<Duration>,
     /// `--max-rate`: bytes per second the server streams at most.
     pub max_rate: Option<u64>,
     /// A node silent or stalling the chain this long is declared dead and
@@ -68,6 +72,7 @@ impl ServerConfig {
             control_port: None,
             discovery_port: Some(DISCOVERY_PORT),
             key: None,
+            slow_after: Some(DEFAULT_SLOW_AFTER),
             max_rate: None,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -97,6 +102,10 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+/// Default `--slow-after`: long enough that a node which merely hiccups (a
+/// journal commit, a cache flush) stays in the chain.
+pub const DEFAULT_SLOW_AFTER: Duration = Duration::from_secs(10);
 
 pub struct Server {
     config: ServerConfig,
@@ -151,6 +160,7 @@ impl Server {
             stats: Arc::new(Stats::default()),
             timeout: config.timeout,
             key: config.key.clone(),
+            slow_after: config.slow_after,
         });
         if config.key.is_none() {
             warn!(
@@ -275,7 +285,7 @@ impl Server {
             }
         }
         for (id, why) in failed {
-            super::lobby::declare_dead(&mut st, &self.lobby, id, why);
+            declare_dead(&mut st, &self.lobby, id, why);
         }
         drop(st);
         self.lobby.changed.notify_all();
@@ -382,6 +392,7 @@ fn monitor(lobby: &Lobby, stop: &AtomicBool) {
         heartbeat(&mut st, lobby);
         if st.started && st.relay.is_some() {
             check_stalls(&mut st, lobby);
+            check_slow(&mut st, lobby);
         }
         lobby.changed.notify_all();
     }
