@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use crate::chain::Sink;
@@ -59,7 +59,11 @@ pub struct DemoOutcome {
 
 /// Builds the rack, hands the server's live stats to `watch` (a progress
 /// display, run on its own thread), runs the session and verifies the copies.
-pub fn run(config: DemoConfig, watch: impl FnOnce(Arc<Stats>) + Send + 'static) -> Result<DemoOutcome> {
+/// `watch` gets a receiver that disconnects when the session is over.
+pub fn run(
+    config: DemoConfig,
+    watch: impl FnOnce(Arc<Stats>, mpsc::Receiver<()>) + Send + 'static,
+) -> Result<DemoOutcome> {
     if config.nodes == 0 {
         return Err(Error::Config("the demo needs at least one node".into()));
     }
@@ -97,12 +101,14 @@ pub fn run(config: DemoConfig, watch: impl FnOnce(Arc<Stats>) + Send + 'static) 
             Ok(thread::spawn(move || client.run()))
         })
         .collect::<Result<_>>()?;
-    let watcher = thread::spawn(move || watch(stats));
+    let (done, watching) = mpsc::channel();
+    let watcher = thread::spawn(move || watch(stats, watching));
     let report =
         server.run(Input::Sized(Box::new(Pattern::new(0x6b61_6361_7374, config.size)), config.size))?;
     for c in clients {
         let _ = c.join();
     }
+    drop(done);
     let _ = watcher.join();
     let verified = report
         .nodes

@@ -82,9 +82,12 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.slow_after = Some(seconds(a.slow_after, "--slow-after")?).filter(|d| !d.is_zero());
     let server = Server::bind(c)?;
     let stats = server.stats();
-    let watcher = std::thread::spawn(move || progress::watch(stats));
-    let report = server.run(input)?;
+    let (done, watching) = std::sync::mpsc::channel();
+    let watcher = std::thread::spawn(move || progress::watch(stats, watching));
+    let report = server.run(input);
+    drop(done);
     let _ = watcher.join();
+    let report = report?;
     println!("{}", report.render());
     if let Some(p) = &a.ok {
         report.write_ok(p)?;

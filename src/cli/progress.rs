@@ -2,6 +2,7 @@
 //! lines otherwise (logs, CI, a PXE console).
 
 use std::io::IsTerminal;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,8 @@ use kacast::size::human;
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(200);
 
-/// Follows `stats` until every node has finished. Runs on its own thread.
-pub fn watch(stats: Arc<Stats>) {
+/// Follows `stats` until `over` is signalled or dropped. Runs on its own thread.
+pub fn watch(stats: Arc<Stats>, over: Receiver<()>) {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = ProgressBar::new(0);
@@ -67,10 +68,10 @@ pub fn watch(stats: Arc<Stats>) {
             let of = if total > 0 { format!(" of {}", human(total)) } else { String::new() };
             eprintln!("progress: sent {}{of} ({rate:.1} MB/s), {msg}", human(sent));
         }
-        if stats.finished() {
-            break;
+        match over.recv_timeout(TICK) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => break,
         }
-        std::thread::sleep(TICK);
     }
     if let Some(b) = bar {
         b.finish_and_clear();

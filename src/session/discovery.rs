@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -18,7 +18,6 @@ use crate::protocol::{Frame, Offer, MAX_DATAGRAM};
 /// Answers discovery broadcasts for one session until dropped.
 pub struct DiscoveryResponder {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// How often the responder looks at its stop flag between datagrams.
@@ -68,16 +67,16 @@ impl DiscoveryResponder {
                 }
             }
         });
-        Ok(DiscoveryResponder { stop, thread: Some(thread) })
+        drop(thread);
+        Ok(DiscoveryResponder { stop })
     }
 }
 
 impl Drop for DiscoveryResponder {
     fn drop(&mut self) {
+        // The thread sees the flag within STOP_CHECK and exits on its own; the
+        // session's end is not held up for it.
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! The golden node's side of a session: rendezvous, chain order, streaming,
 //! failure repair and the report.
 
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -21,7 +23,7 @@ use super::stats::Stats;
 use crate::auth::Key;
 use crate::chain::{pump, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
 use crate::error::{Error, IoContext, Result};
-use crate::net::wait_readable;
+use crate::net::wait_any;
 use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
 
 #[derive(Debug, Clone)]
@@ -162,7 +164,7 @@ impl Server {
             key: config.key.clone(),
             slow_after: config.slow_after,
         });
-        if config.key.is_none() {
+        if config.key.is_none() && !config.bind.is_loopback() {
             warn!(
                 "no --key-file: ANY host on this network segment can join session '{}' and receive the stream",
                 config.session
@@ -190,10 +192,12 @@ impl Server {
         let opened = open_input(input)?;
         self.lobby.stats.total.store(opened.len.unwrap_or(0), Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
+        // Poked at the end so the acceptor stops at once, not at its next poll.
+        let (woken, wake) = UnixStream::pair().context(|| "create a wake-up pipe".into())?;
         let acceptor = {
             let control = self.control.try_clone().context(|| "clone control listener".into())?;
             let (lobby, stop) = (Arc::clone(&self.lobby), Arc::clone(&stop));
-            thread::spawn(move || accept_control(control, lobby, stop))
+            thread::spawn(move || accept_control(control, woken, lobby, stop))
         };
         let monitor = {
             let (lobby, stop) = (Arc::clone(&self.lobby), Arc::clone(&stop));
@@ -211,6 +215,7 @@ impl Server {
         let result = self.stream(opened);
         stop.store(true, Ordering::Relaxed);
         self.lobby.changed.notify_all();
+        let _ = (&wake).write(&[1]);
         let _ = acceptor.join();
         let _ = monitor.join();
         drop(self.discovery);
@@ -362,12 +367,13 @@ impl Server {
     }
 }
 
-/// How often the acceptor checks whether the session is over.
+/// How often the acceptor checks whether the session is over, should a wake-up
+/// be lost.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
-fn accept_control(listener: TcpListener, lobby: Arc<Lobby>, stop: Arc<AtomicBool>) {
+fn accept_control(listener: TcpListener, woken: UnixStream, lobby: Arc<Lobby>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        if !wait_readable(listener.as_raw_fd(), STOP_CHECK) {
+        if wait_any(&[listener.as_raw_fd(), woken.as_raw_fd()], STOP_CHECK) != Some(0) {
             continue;
         }
         let Ok((stream, addr)) = listener.accept() else { continue };
