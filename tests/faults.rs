@@ -361,3 +361,34 @@ fn a_slow_node_is_fed_on_its_own_and_the_others_keep_their_speed() {
         );
     }
 }
+
+#[test]
+fn nodes_that_lose_the_server_exit_non_zero_and_leave_nothing_behind() {
+    for sig in [libc::SIGKILL, libc::SIGSTOP] {
+        let mut rack = Rack::start(4, "8M", |i, out| {
+            // One node with a command sink, to check it is not left running.
+            (i == 2).then(|| vec!["-e".to_string(), format!("cat > {out}")])
+        });
+        rack.wait_written(4, SIZE / 4);
+        let server = rack.server.take().unwrap();
+        // SAFETY: a process this test started.
+        unsafe { libc::kill(server.id() as i32, sig) };
+        let limit = Duration::from_secs(3 * TIMEOUT.parse::<u64>().unwrap() + 5);
+        for i in 1..=4 {
+            let mut c = rack.nodes[i - 1].take().unwrap();
+            let (code, log) = wait_bounded(&mut c, limit);
+            assert!(
+                matches!(code, Some(c) if c != 0),
+                "node {i} after the server got signal {sig}: {code:?}\n{log}"
+            );
+            assert!(log.contains("server"), "node {i} should say it lost the server:\n{log}");
+        }
+        let out = rack.out(2).to_str().unwrap().to_string();
+        let left = Command::new("pgrep").args(["-f", &format!("cat > {out}")]).output().unwrap();
+        assert!(left.stdout.is_empty(), "a sink command outlived its node");
+        let mut server = server;
+        // SAFETY: as above.
+        unsafe { libc::kill(server.id() as i32, libc::SIGKILL) };
+        let _ = server.wait();
+    }
+}
