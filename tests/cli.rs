@@ -284,3 +284,59 @@ fn bad_command_lines_name_the_problem() {
     let o = kacast(&["client", "-s", "x", "--discard", "--to-dir", "/tmp/x"]).output().unwrap();
     assert!(!o.status.success());
 }
+
+/// ka-d(1)'s example desc.
+const KA_DESC: &str = "# hda1 = linux root\nlinux 5000\n# hda2 = swap\nswap 300\n# hda3 = extended\nextended fill\n# hda5 and 6 = linux\nlogical linux 500\nlogical linux fill\n";
+
+#[test]
+fn desc_check_prints_the_layout_or_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("desc");
+    std::fs::write(&file, KA_DESC).unwrap();
+    let f = file.to_str().unwrap();
+    let o = kacast(&["desc", "--check", f, "--disk-size", "20G"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in ["   1         2048", "   5     10858496", "   6     11884544     41943039"] {
+        assert!(table.contains(row), "{table}");
+    }
+    let o = kacast(&["desc", "--check", f, "--disk-size", "4G"]).output().unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("need 5.7 GiB (5804 MiB) but the disk has 4.0 GiB"), "{}", text(&o));
+    std::fs::write(&file, "linux 500\nlogical swap 1x\n").unwrap();
+    let o = kacast(&["desc", "--check", f, "--disk-size", "4G"]).output().unwrap();
+    assert!(text(&o).contains(&format!("{f}:2:")), "{}", text(&o));
+}
+
+#[test]
+fn desc_of_a_disk_reads_back_the_ka_example() {
+    if let Some(why) = missing_tool("sfdisk") {
+        return skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("golden.img");
+    std::fs::File::create(&img).unwrap().set_len(20 << 30).unwrap();
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&img)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\n,5000M,83\n,300M,82\n,,5\n,500M,83\n,,83\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let o = kacast(&["desc", img.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let got: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let want: Vec<&str> = KA_DESC.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(got, want);
+}

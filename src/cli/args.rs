@@ -28,6 +28,21 @@ pub enum Cmd {
     Go(GoArgs),
     /// Run a server and N clients on loopback, stream generated data, verify every copy
     Demo(DemoArgs),
+    /// Print a disk's desc (ka's fdisk_to_desc), or check a desc file against a disk size
+    Desc(DescArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["device", "check"])))]
+pub struct DescArgs {
+    /// Disk (or image file) whose partition table to print as a desc
+    pub device: Option<PathBuf>,
+    /// Desc file to validate; prints the layout it gives on --disk-size
+    #[arg(long, value_name = "FILE", requires = "disk_size")]
+    pub check: Option<PathBuf>,
+    /// Size of the target disk for --check (e.g. 20G)
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
 }
 
 #[derive(Args)]

@@ -11,10 +11,12 @@ use clap::Parser;
 use kacast::auth::Key;
 use kacast::chain::Sink;
 use kacast::demo::{self, DemoConfig};
+use kacast::disk::Desc;
 use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
+use kacast::size::human;
 use kacast::size::parse_size;
 
-use args::{Cli, ClientArgs, Cmd, DemoArgs, Locate, ServerArgs};
+use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServerArgs};
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
@@ -25,6 +27,7 @@ pub fn main() -> i32 {
         Cmd::Client(a) => client(a),
         Cmd::Go(a) => go(a.locate),
         Cmd::Demo(a) => run_demo(a),
+        Cmd::Desc(a) => desc(a),
     };
     match result {
         Ok(code) => code,
@@ -160,6 +163,31 @@ fn client(a: ClientArgs) -> Result<i32> {
 fn go(l: Locate) -> Result<i32> {
     session::go(&locate_config(&l, Sink::Discard)?)?;
     eprintln!("session '{}' told to start", l.session);
+    Ok(0)
+}
+
+fn desc(a: DescArgs) -> Result<i32> {
+    if let Some(path) = a.check {
+        let desc = Desc::from_file(&path)?;
+        let size = parse_size(a.disk_size.as_deref().unwrap_or_default())?;
+        let layout =
+            desc.layout(size).with_context(|| format!("{} on a disk of {}", path.display(), human(size)))?;
+        println!("{}: valid; on a disk of {}:", path.display(), human(size));
+        println!("{}", layout.render_table());
+        return Ok(0);
+    }
+    let device = a.device.expect("clap requires a device or --check");
+    let out = std::process::Command::new("sfdisk")
+        .arg("--json")
+        .arg(&device)
+        .output()
+        .context("cannot run sfdisk (install util-linux's fdisk package)")?;
+    if !out.status.success() {
+        bail!("sfdisk --json {}: {}", device.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let desc = Desc::from_sfdisk_json(&String::from_utf8_lossy(&out.stdout))?;
+    println!("# desc of {}, by kacast desc", device.display());
+    print!("{desc}");
     Ok(0)
 }
 
