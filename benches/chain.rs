@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench chain [-- --size 1G --nodes 1,2,4,8,16 --repeat 1]
+//! cargo bench --bench chain -- --scenario slow [--slow-size 512M --slow-after 2]
 //! ```
 //!
 //! Everything runs on 127.0.0.1 only. The bench writes a file of incompressible
@@ -10,8 +11,18 @@
 //! times each session from the server's start to its exit, requires exit code 0
 //! (every node verified the BLAKE3 hash), and takes every child's CPU time from
 //! `wait4`. The baseline, in the same run, is one plain TCP copy of the same file
-//! over loopback (a sending and a receiving thread, 256 KiB buffers). The
-//! Markdown table goes to stdout and into `docs/PERFORMANCE.md`.
+//! over loopback (a sending and a receiving thread, 256 KiB buffers).
+//!
+//! The slow-node scenario, in the same invocation unless `--scenario` picks one,
+//! runs 4 nodes where node2's sink is throttled to at most 20 MB/s (`THROTTLE`)
+//! and the others discard: once with `--slow-after 0` (node2 sets everybody's
+//! pace), once with `--slow-after SECS` (the server feeds it on its own), and
+//! once without a slow node for reference. It reports each node's time from the
+//! server's report, when the detach came (from the server's log), and whether
+//! every node verified the hash, without stopping at a failure.
+//!
+//! The Markdown tables go to stdout and into `docs/PERFORMANCE.md`; a scenario
+//! that did not run keeps its section there.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -43,15 +54,24 @@ const FAIL_GRACE: Duration = Duration::from_secs(15);
 
 const USAGE: &str = "\
 usage: cargo bench --bench chain [-- OPTIONS]
-  --size SIZE      bytes to stream (default 1G; K, M, G suffixes)
-  --nodes LIST     chain lengths to run, comma-separated (default 1,2,4,8,16)
-  --repeat R       run everything R times, report the median (default 1)
-  --timeout SECS   give up on one session after this long (default 300)
-  --no-doc         do not rewrite docs/PERFORMANCE.md";
+  --scenario LIST    what to run, comma-separated: chain, slow or all (default all)
+  --size SIZE        chain: bytes to stream (default 1G; K, M, G suffixes)
+  --nodes LIST       chain: chain lengths to run, comma-separated (default 1,2,4,8,16)
+  --slow-size SIZE   slow: bytes to stream (default 512M)
+  --slow-after SECS  slow: the server's --slow-after in the detaching run (default 2)
+  --repeat R         run everything R times, report the median (default 1)
+  --timeout SECS     give up on one session after this long (default 300)
+  --no-doc           do not rewrite docs/PERFORMANCE.md";
 
 struct Opts {
+    /// Run the chain scenario (plain copy and chains of `nodes`).
+    chain: bool,
+    /// Run the slow-node scenario.
+    slow: bool,
     size: u64,
     nodes: Vec<usize>,
+    slow_size: u64,
+    slow_after: f64,
     repeat: usize,
     timeout: Duration,
     doc: bool,
@@ -61,8 +81,12 @@ struct Opts {
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
+        chain: true,
+        slow: true,
         size: 1 << 30,
         nodes: vec![1, 2, 4, 8, 16],
+        slow_size: 512 << 20,
+        slow_after: 2.0,
         repeat: 1,
         timeout: Duration::from_secs(300),
         doc: true,
@@ -87,6 +111,24 @@ fn parse_args() -> Result<Opts> {
             Ok(v)
         };
         match key.as_str() {
+            "--scenario" => {
+                (o.chain, o.slow) = (false, false);
+                for v in value()?.split(',') {
+                    match v.trim() {
+                        "chain" => o.chain = true,
+                        "slow" => o.slow = true,
+                        "all" => (o.chain, o.slow) = (true, true),
+                        other => bail!("unknown scenario '{other}' (chain, slow or all)\n{USAGE}"),
+                    }
+                }
+            }
+            "--slow-size" => o.slow_size = parse_size(&value()?)?,
+            "--slow-after" => {
+                o.slow_after = value()?.parse().context("--slow-after: seconds")?;
+                if !(o.slow_after > 0.0 && o.slow_after.is_finite()) {
+                    bail!("--slow-after must be more than 0 (the run without detaching uses 0)\n{USAGE}");
+                }
+            }
             "--size" => o.size = parse_size(&value()?)?,
             "--nodes" => {
                 o.nodes = value()?
@@ -105,8 +147,8 @@ fn parse_args() -> Result<Opts> {
             _ => bail!("unknown argument '{a}'\n{USAGE}"),
         }
     }
-    if o.size == 0 || o.repeat == 0 || o.nodes.is_empty() || o.nodes.contains(&0) {
-        bail!("--size, --repeat and every --nodes entry must be at least 1\n{USAGE}");
+    if o.size == 0 || o.slow_size == 0 || o.repeat == 0 || o.nodes.is_empty() || o.nodes.contains(&0) {
+        bail!("--size, --slow-size, --repeat and every --nodes entry must be at least 1\n{USAGE}");
     }
     Ok(o)
 }
@@ -121,10 +163,7 @@ fn main() {
 fn run() -> Result<()> {
     let opts = parse_args()?;
     // Other work on the machine skews every figure: say how busy it was.
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into());
+    let load = loadavg();
     let kacast = Path::new(KACAST);
     if !kacast.is_file() {
         bail!(
@@ -134,64 +173,127 @@ fn run() -> Result<()> {
     }
     let tmp =
         tempfile::Builder::new().prefix("kacast-bench-").tempdir().context("create a temporary directory")?;
-    let file = tmp.path().join("source.img");
-    eprintln!("bench chain: writing {} of pseudo-random bytes to {}", human(opts.size), file.display());
-    let hash = write_source(&file, opts.size)?;
-    let blake3_s_per_gib = blake3_cost(opts.size);
+    // The sources are only bulk: on a failure they go, the logs stay.
+    let mut bulk = Vec::new();
+    let mut source = |name: &str, size: u64| -> Result<(PathBuf, String)> {
+        let file = tmp.path().join(name);
+        eprintln!("bench chain: writing {} of pseudo-random bytes to {}", human(size), file.display());
+        let hash = write_source(&file, size)?;
+        bulk.push(file.clone());
+        Ok((file, hash))
+    };
+    let chain_src = if opts.chain { Some(source("source.img", opts.size)?) } else { None };
+    let slow_src = match &chain_src {
+        Some(src) if opts.slow && opts.slow_size == opts.size => Some(src.clone()),
+        _ if opts.slow => Some(source("slow.img", opts.slow_size)?),
+        _ => None,
+    };
+    let blake3_s_per_gib = if opts.chain { blake3_cost(opts.size) } else { 0.0 };
+    let keep = |tmp: tempfile::TempDir, bulk: &[PathBuf]| -> PathBuf {
+        for f in bulk {
+            let _ = std::fs::remove_file(f);
+        }
+        tmp.keep()
+    };
 
-    let before = Usage::now();
+    let mut chain_others = None;
+    let mut slow_others = None;
     let mut baselines = Vec::new();
     let mut chains: Vec<Vec<ChainRun>> = opts.nodes.iter().map(|_| Vec::new()).collect();
+    let mut slows: Vec<Vec<SlowRun>> = SlowCase::ALL.iter().map(|_| Vec::new()).collect();
     for rep in 1..=opts.repeat {
         let tag = if opts.repeat > 1 { format!(" (run {rep}/{})", opts.repeat) } else { String::new() };
-        // The copy takes a fraction of a second and varies from run to run:
-        // its median of three is the yardstick.
-        let b = median((0..BASELINE_RUNS).map(|_| baseline(&file, opts.size)).collect::<Result<_>>()?, |b| {
-            b.wall_s
-        });
-        eprintln!(
-            "bench chain: plain TCP copy{tag}: {:.2} s, {:.0} MB/s",
-            b.wall_s,
-            mb_s(opts.size, b.wall_s)
-        );
-        baselines.push(b);
-        for (i, &n) in opts.nodes.iter().enumerate() {
-            let dir = tmp.path().join(format!("n{n}-r{rep}"));
-            std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-            let r = match chain(&file, &hash, opts.size, n, &dir, opts.timeout) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Keep the logs for a look; the source file is only bulk.
-                    let _ = std::fs::remove_file(&file);
-                    let kept = tmp.keep();
-                    return Err(
-                        e.context(format!("chain of {n} nodes{tag} (logs kept in {})", kept.display()))
-                    );
-                }
-            };
+        if let Some((file, hash)) = &chain_src {
+            let before = Usage::now();
+            // The copy takes a fraction of a second and varies from run to run:
+            // its median of three is the yardstick.
+            let b =
+                median((0..BASELINE_RUNS).map(|_| baseline(file, opts.size)).collect::<Result<_>>()?, |b| {
+                    b.wall_s
+                });
             eprintln!(
-                "bench chain: {n} nodes{tag}: {:.2} s, {:.0} MB/s per node",
-                r.wall_s,
-                mb_s(opts.size, r.wall_s)
+                "bench chain: plain TCP copy{tag}: {:.2} s, {:.0} MB/s",
+                b.wall_s,
+                mb_s(opts.size, b.wall_s)
             );
-            chains[i].push(r);
+            baselines.push(b);
+            for (i, &n) in opts.nodes.iter().enumerate() {
+                let dir = tmp.path().join(format!("n{n}-r{rep}"));
+                std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+                let r = match chain(file, hash, opts.size, n, &dir, opts.timeout) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let kept = keep(tmp, &bulk);
+                        return Err(
+                            e.context(format!("chain of {n} nodes{tag} (logs kept in {})", kept.display()))
+                        );
+                    }
+                };
+                eprintln!(
+                    "bench chain: {n} nodes{tag}: {:.2} s, {:.0} MB/s per node",
+                    r.wall_s,
+                    mb_s(opts.size, r.wall_s)
+                );
+                chains[i].push(r);
+            }
+            add_others(&mut chain_others, others_since(&before));
+        }
+        if let Some((file, hash)) = &slow_src {
+            let before = Usage::now();
+            for (i, case) in SlowCase::ALL.into_iter().enumerate() {
+                let dir = tmp.path().join(format!("slow-{}-r{rep}", case.tag()));
+                std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+                let r = match slow(file, hash, opts.slow_size, case, opts.slow_after, &dir, opts.timeout) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let kept = keep(tmp, &bulk);
+                        return Err(e.context(format!(
+                            "slow node, {}{tag} (logs kept in {})",
+                            case.label(opts.slow_after),
+                            kept.display()
+                        )));
+                    }
+                };
+                eprintln!(
+                    "bench chain: {}{tag}: fast nodes {:.2} s, slow node {:.2} s, wall {:.2} s, {}",
+                    case.label(opts.slow_after),
+                    r.fast_s(),
+                    r.slow_s,
+                    r.wall_s,
+                    r.verdict()
+                );
+                slows[i].push(r);
+            }
+            add_others(&mut slow_others, others_since(&before));
         }
     }
-    let baseline = median(baselines, |b| b.wall_s);
-    let chains: Vec<(usize, ChainRun)> =
-        opts.nodes.iter().zip(chains).map(|(&n, runs)| (n, median(runs, |r| r.wall_s))).collect();
 
     let command = if opts.given.is_empty() {
         "cargo bench --bench chain".to_string()
     } else {
         format!("cargo bench --bench chain -- {}", opts.given.join(" "))
     };
-    let table = render_table(opts.size, &baseline, &chains);
-    let others = others_since(&before);
-    let facts = Facts::new(opts.size, &baseline, blake3_s_per_gib, &chains, others);
-    println!("\n{table}\n{}", facts.render());
+    let mut chain_doc = None;
+    if opts.chain {
+        let baseline = median(baselines, |b| b.wall_s);
+        let chains: Vec<(usize, ChainRun)> =
+            opts.nodes.iter().zip(chains).map(|(&n, runs)| (n, median(runs, |r| r.wall_s))).collect();
+        let table = render_table(opts.size, &baseline, &chains);
+        let facts = Facts::new(opts.size, &baseline, blake3_s_per_gib, &chains, chain_others);
+        println!("\n{table}\n{}", facts.render());
+        chain_doc = Some(render_doc(&opts, &command, &table, &facts, &load));
+    }
+    let mut slow_doc = None;
+    if opts.slow {
+        let runs: Vec<SlowRun> = slows.into_iter().map(|runs| median(runs, SlowRun::fast_s)).collect();
+        let table = render_slow_table(opts.slow_size, opts.slow_after, &runs);
+        let notes = render_slow_notes(opts.slow_size, opts.slow_after, &runs, &slow_others);
+        println!("\n{table}\n{notes}");
+        slow_doc = Some(render_slow_doc(&opts, &command, &table, &notes, &runs, &load));
+    }
     if opts.doc {
-        let doc = render_doc(&opts, &command, &table, &facts, &load);
+        let old = std::fs::read_to_string(DOC).unwrap_or_default();
+        let doc = compose_doc(&old, chain_doc, slow_doc);
         if let Some(dir) = Path::new(DOC).parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         }
@@ -199,6 +301,14 @@ fn run() -> Result<()> {
         eprintln!("bench chain: wrote {DOC}");
     }
     Ok(())
+}
+
+/// The 1-minute load average, as /proc/loadavg gives it.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn gib(bytes: u64) -> f64 {
@@ -326,6 +436,19 @@ impl Usage {
             at: Instant::now(),
             cpus: stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).count() as f64,
         })
+    }
+}
+
+/// Adds one stretch of measurement to the others' total.
+fn add_others(acc: &mut Option<Others>, o: Option<Others>) {
+    let Some(o) = o else { return };
+    match acc {
+        Some(a) => {
+            a.cpu += o.cpu;
+            a.steal += o.steal;
+            a.available += o.available;
+        }
+        None => *acc = Some(o),
     }
 }
 
@@ -550,20 +673,46 @@ fn listening(port: u16) -> bool {
     })
 }
 
-/// One session: a server and `n` discarding clients on loopback, timed from the
-/// server's start to its exit.
-fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Duration) -> Result<ChainRun> {
+/// One node of a session: its name and its sink options (`--discard`, `-e CMD`).
+struct Node {
+    name: String,
+    sink: Vec<String>,
+}
+
+/// How one session went, whatever its outcome.
+struct Session {
+    /// Server start to server exit.
+    wall_s: f64,
+    server: Exit,
+    /// CPU of all the clients (and their sink commands).
+    clients: Cpu,
+    /// The server's `--report`.
+    report: serde_json::Value,
+    server_log: PathBuf,
+}
+
+/// One session on loopback: `kacast server -i FILE` (with `server_extra`) and a
+/// client per node, timed from the server's start to its exit. With `strict`,
+/// any process ending non-zero is an error; otherwise the outcome is returned
+/// for the caller to judge, once the server has exited.
+fn session(
+    name: &str,
+    file: &Path,
+    nodes: &[Node],
+    server_extra: &[String],
+    strict: bool,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<Session> {
     let port = free_port()?;
-    let session = format!("bench{n}");
     let report = dir.join("report.json");
     let s = |v: &str| v.to_string();
-    let server_args = vec![
-        s("-q"),
+    let mut server_args = vec![
         s("server"),
         s("-s"),
-        session.clone(),
+        s(name),
         s("-n"),
-        n.to_string(),
+        nodes.len().to_string(),
         s("-i"),
         file.display().to_string(),
         s("--bind"),
@@ -574,6 +723,7 @@ fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Dura
         s("--report"),
         report.display().to_string(),
     ];
+    server_args.extend_from_slice(server_extra);
     let mut rack = Rack::default();
     let started = Instant::now();
     rack.spawn("server", &server_args, dir)?;
@@ -588,61 +738,83 @@ fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Dura
         }
         thread::sleep(POLL);
     }
-    let width = n.to_string().len().max(2);
-    for k in 1..=n {
-        let name = format!("node{k:0width$}");
-        let args = vec![
+    for node in nodes {
+        let mut args = vec![
             s("-q"),
             s("client"),
             s("-s"),
-            session.clone(),
+            s(name),
             s("--server"),
             format!("127.0.0.1:{port}"),
             s("--name"),
-            name.clone(),
+            node.name.clone(),
             s("--bind"),
             s("127.0.0.1"),
-            s("--discard"),
             s("--tries"),
             s("100"),
             s("--retry-interval"),
             s("0.05"),
         ];
-        rack.spawn(&name, &args, dir)?;
+        args.extend_from_slice(&node.sink);
+        rack.spawn(&node.name, &args, dir)?;
     }
     loop {
         rack.reap()?;
         if rack.all_exited() {
             break;
         }
-        // A node failed: give the session a moment to end and say why (the
-        // checks below then report it), but do not wait out the timeout.
-        if let Some(p) = rack.procs[1..].iter().find(|p| p.exit.is_some_and(|e| !e.ok())) {
-            let failed_at = p.exit.expect("found exited").at;
-            if failed_at.elapsed() > FAIL_GRACE {
-                bail!("{} failed and the session did not end\n{}", p.name, rack.logs());
+        if strict {
+            // A node failed: give the session a moment to end and say why (the
+            // checks below then report it), but do not wait out the timeout.
+            if let Some(p) = rack.procs[1..].iter().find(|p| p.exit.is_some_and(|e| !e.ok())) {
+                let failed_at = p.exit.expect("found exited").at;
+                if failed_at.elapsed() > FAIL_GRACE {
+                    bail!("{} failed and the session did not end\n{}", p.name, rack.logs());
+                }
             }
+        } else if rack.procs[0].exit.is_some_and(|e| e.at.elapsed() > FAIL_GRACE) {
+            // The server has its verdict; clients that linger are killed below.
+            break;
         }
         if started.elapsed() > timeout {
             bail!("not done after {} s (--timeout)\n{}", timeout.as_secs(), rack.logs());
         }
         thread::sleep(POLL);
     }
-    let server = rack.procs[0].exit.expect("all exited");
-    if !server.ok() {
-        bail!(
-            "the server ended with {} (a node failed or did not verify the hash)\n{}",
-            server.describe(),
-            rack.logs()
-        );
+    let server = rack.procs[0].exit.expect("the server exited");
+    if strict {
+        if !server.ok() {
+            bail!(
+                "the server ended with {} (a node failed or did not verify the hash)\n{}",
+                server.describe(),
+                rack.logs()
+            );
+        }
+        if let Some(p) = rack.procs.iter().find(|p| !p.exit.is_some_and(|e| e.ok())) {
+            bail!("{} failed\n{}", p.name, rack.logs());
+        }
     }
-    if let Some(p) = rack.procs.iter().find(|p| !p.exit.is_some_and(|e| e.ok())) {
-        bail!("{} failed\n{}", p.name, rack.logs());
-    }
-    let r: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&report).with_context(|| format!("read {}", report.display()))?,
-    )
-    .context("parse the server's report")?;
+    let report: serde_json::Value = std::fs::read(&report)
+        .with_context(|| format!("read {}", report.display()))
+        .and_then(|r| serde_json::from_slice(&r).context("parse the server's report"))
+        .with_context(|| format!("the server ended with {}\n{}", server.describe(), rack.logs()))?;
+    Ok(Session {
+        wall_s: (server.at - started).as_secs_f64(),
+        server,
+        clients: rack.procs[1..].iter().filter_map(|p| p.exit).fold(Cpu::default(), |a, e| a + e.cpu),
+        report,
+        server_log: rack.procs[0].log.clone(),
+    })
+}
+
+/// One chain session: a server and `n` discarding clients on loopback, timed
+/// from the server's start to its exit.
+fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Duration) -> Result<ChainRun> {
+    let width = n.to_string().len().max(2);
+    let nodes: Vec<Node> =
+        (1..=n).map(|k| Node { name: format!("node{k:0width$}"), sink: vec!["--discard".into()] }).collect();
+    let run = session(&format!("bench{n}"), file, &nodes, &["-q".into()], true, dir, timeout)?;
+    let r = &run.report;
     let nodes_ok = r["nodes"].as_array().is_some_and(|a| {
         a.len() == n && a.iter().all(|x| x["hash_ok"] == true && x["bytes"].as_u64() == Some(size))
     });
@@ -651,11 +823,446 @@ fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Dura
     }
     let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     Ok(ChainRun {
-        wall_s: (server.at - started).as_secs_f64(),
+        wall_s: run.wall_s,
         stream_s: f("transfer_s") + f("pipeline_emptied_s"),
-        server: server.cpu,
-        clients: rack.procs[1..].iter().filter_map(|p| p.exit).fold(Cpu::default(), |a, e| a + e.cpu),
+        server: run.server.cpu,
+        clients: run.clients,
     })
+}
+
+/// Nodes in the slow-node scenario, and the one whose sink is throttled.
+const SLOW_NODES: usize = 4;
+const SLOW_NODE: usize = 2;
+/// The slow node's sink: 1 MiB, then a 50 ms nap, until the end of the input
+/// (at most 20 MB/s, less the cost of starting `dd`, `wc` and `sleep`). `dd`
+/// on an exhausted stdin copies nothing and succeeds, hence the byte count.
+const THROTTLE: &str =
+    r#"while [ "$(dd bs=1M count=1 iflag=fullblock status=none | wc -c)" -gt 0 ]; do sleep 0.05; done"#;
+const SLOW_HEADING: &str = "## Slow node";
+
+/// The runs of the slow-node scenario, side by side.
+#[derive(Clone, Copy)]
+enum SlowCase {
+    /// Every node `--discard`: what the fast nodes take without a slow node.
+    Even,
+    /// The slow node and `--slow-after 0`: it stays in the chain.
+    Stay,
+    /// The slow node and `--slow-after SECS`: it is fed on its own.
+    Detach,
+}
+
+impl SlowCase {
+    const ALL: [SlowCase; 3] = [SlowCase::Even, SlowCase::Stay, SlowCase::Detach];
+
+    fn tag(self) -> &'static str {
+        match self {
+            SlowCase::Even => "even",
+            SlowCase::Stay => "stay",
+            SlowCase::Detach => "detach",
+        }
+    }
+
+    fn label(self, slow_after: f64) -> String {
+        match self {
+            SlowCase::Even => "no slow node (all `--discard`)".into(),
+            SlowCase::Stay => "slow node, `--slow-after 0`".into(),
+            SlowCase::Detach => format!("slow node, `--slow-after {slow_after}`"),
+        }
+    }
+
+    /// The server's `--slow-after` in this run.
+    fn slow_after(self, detach: f64) -> f64 {
+        match self {
+            SlowCase::Stay => 0.0,
+            SlowCase::Even | SlowCase::Detach => detach,
+        }
+    }
+}
+
+struct SlowRun {
+    wall_s: f64,
+    server: Exit,
+    /// Every node's report says all the bytes arrived and hashed right.
+    all_verified: bool,
+    /// The fast nodes' names and times (session start to their report).
+    fast: Vec<(String, f64)>,
+    slow_s: f64,
+    /// When the server took the slow node out of the chain (from session start),
+    /// and how far the slow node was by then.
+    detached_s: Option<f64>,
+    detached_at: Option<u64>,
+    /// Failed nodes, with the reason.
+    failures: Vec<String>,
+}
+
+impl SlowRun {
+    /// The last fast node's time.
+    fn fast_s(&self) -> f64 {
+        self.fast.iter().map(|f| f.1).fold(f64::NAN, f64::max)
+    }
+
+    fn verdict(&self) -> String {
+        if self.server.ok() && self.all_verified {
+            "server exit code 0, every node verified".into()
+        } else {
+            format!("server {}; failed: {}", self.server.describe(), self.failures.join("; "))
+        }
+    }
+}
+
+fn slow_name(k: usize) -> String {
+    format!("node{k}")
+}
+
+/// One run of the slow-node scenario: `SLOW_NODES` nodes, node `SLOW_NODE`
+/// throttled by `THROTTLE` (but in `SlowCase::Even`), the rest `--discard`.
+fn slow(
+    file: &Path,
+    hash: &str,
+    size: u64,
+    case: SlowCase,
+    slow_after: f64,
+    dir: &Path,
+    timeout: Duration,
+) -> Result<SlowRun> {
+    let nodes: Vec<Node> = (1..=SLOW_NODES)
+        .map(|k| Node {
+            name: slow_name(k),
+            sink: match case {
+                SlowCase::Stay | SlowCase::Detach if k == SLOW_NODE => vec!["-e".into(), THROTTLE.into()],
+                _ => vec!["--discard".into()],
+            },
+        })
+        .collect();
+    // Not quiet: the server's log says when the session started and when it
+    // took the slow node out of the chain.
+    let extra = ["--slow-after".to_string(), case.slow_after(slow_after).to_string()];
+    let run = session("benchslow", file, &nodes, &extra, false, dir, timeout)?;
+    let r = &run.report;
+    let mut failures = Vec::new();
+    if r["bytes"].as_u64() != Some(size) || r["hash"].as_str() != Some(hash) {
+        failures.push(format!(
+            "server: sent {} bytes with hash {} (source: {size}, {hash})",
+            r["bytes"], r["hash"]
+        ));
+    }
+    let mut fast = Vec::new();
+    let mut slow_s = f64::NAN;
+    for k in 1..=SLOW_NODES {
+        let name = slow_name(k);
+        let Some(n) = r["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == name.as_str()))
+        else {
+            failures.push(format!("{name}: not in the report"));
+            continue;
+        };
+        let ok = n["hash_ok"] == true && n["bytes"].as_u64() == Some(size) && n["error"].is_null();
+        if !ok {
+            failures.push(format!("{name}: {} bytes, hash_ok {}, {}", n["bytes"], n["hash_ok"], n["error"]));
+        }
+        if n["position"].as_u64() != Some(k as u64) {
+            failures.push(format!("{name}: at position {} of the chain, not {k}", n["position"]));
+        }
+        let t = n["duration_s"].as_f64().unwrap_or(f64::NAN);
+        if k == SLOW_NODE {
+            slow_s = t;
+        } else {
+            fast.push((name, t));
+        }
+    }
+    let all_verified = failures.is_empty();
+    let log = std::fs::read_to_string(&run.server_log).unwrap_or_default();
+    let (detached_s, detached_at) = detach_from_log(&log);
+    if matches!(case, SlowCase::Stay) && detached_s.is_some() {
+        failures.push("the server detached a node despite --slow-after 0".into());
+    }
+    Ok(SlowRun {
+        wall_s: run.wall_s,
+        server: run.server,
+        all_verified,
+        fast,
+        slow_s,
+        detached_s,
+        detached_at,
+        failures,
+    })
+}
+
+/// From the server's log: seconds from the session's start to a node being
+/// fed on its own, and the offset it resumed at.
+fn detach_from_log(log: &str) -> (Option<f64>, Option<u64>) {
+    let lines: Vec<String> = log.lines().map(strip_ansi).collect();
+    let at = |needle: &str| lines.iter().find(|l| l.contains(needle)).and_then(|l| log_time(l));
+    let detached_s = match (at(" starting with "), at(" is much slower than the rest ")) {
+        // A session does not last a day: a negative span crossed midnight.
+        (Some(t0), Some(t1)) => Some((t1 - t0).rem_euclid(86_400.0)),
+        _ => None,
+    };
+    let offset = lines
+        .iter()
+        .find_map(|l| l.split_once(" resumes at offset ").map(|(_, rest)| rest.to_string()))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+    (detached_s, offset)
+}
+
+/// The line without terminal colour codes (the log keeps them in a file).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Skip to the end of the escape sequence: `ESC [ ... m`.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Seconds into its UTC day of a log line's leading timestamp
+/// (`2026-11-22T05:47:08.829240Z ...`).
+fn log_time(line: &str) -> Option<f64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (_, time) = stamp.split_once('T')?;
+    let mut hms = time.split(':').map(str::parse::<f64>);
+    let (h, m, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    Some(h * 3_600.0 + m * 60.0 + s)
+}
+
+fn render_slow_table(size: u64, slow_after: f64, runs: &[SlowRun]) -> String {
+    let stay = runs[SlowCase::Stay as usize].fast_s();
+    let fast_names: Vec<&str> = runs[0].fast.iter().map(|f| f.0.as_str()).collect();
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| run | server exit | every node verified | fast nodes s ({}) | fast nodes vs `--slow-after 0` \
+         | slow node s ({}) | slow node MB/s | detached at s (slow node at) | wall s |",
+        fast_names.join(", "),
+        slow_name(SLOW_NODE),
+    );
+    t.push_str("|---|--:|:-:|--:|--:|--:|--:|--:|--:|\n");
+    for (case, r) in SlowCase::ALL.iter().zip(runs) {
+        let fast: Vec<String> = r.fast.iter().map(|f| format!("{:.2}", f.1)).collect();
+        let detached = match (r.detached_s, r.detached_at) {
+            (Some(s), Some(at)) => format!("{s:.2} ({})", human(at)),
+            (Some(s), None) => format!("{s:.2}"),
+            _ => "never".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {detached} | {:.2} |",
+            case.label(slow_after),
+            if libc::WIFEXITED(r.server.status) {
+                libc::WEXITSTATUS(r.server.status).to_string()
+            } else {
+                r.server.describe()
+            },
+            if r.all_verified { "yes" } else { "**no**" },
+            fast.join(", "),
+            r.fast_s() / stay,
+            r.slow_s,
+            mb_s(size, r.slow_s),
+            r.wall_s,
+        );
+    }
+    t
+}
+
+fn render_slow_notes(size: u64, slow_after: f64, runs: &[SlowRun], others: &Option<Others>) -> String {
+    let [even, stay, detach] = [SlowCase::Even, SlowCase::Stay, SlowCase::Detach].map(|c| &runs[c as usize]);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "- Fast nodes (the last of them), with the slow node fed on its own vs kept in the\n  \
+         chain: {:.2} s / {:.2} s = **{:.2}** ({:.1}x as fast). Without any slow node they take\n  \
+         {:.2} s.",
+        detach.fast_s(),
+        stay.fast_s(),
+        detach.fast_s() / stay.fast_s(),
+        stay.fast_s() / detach.fast_s(),
+        even.fast_s(),
+    );
+    let _ = writeln!(
+        s,
+        "- The slow node itself: {:.2} s fed on its own vs {:.2} s in the chain ({:.2}).",
+        detach.slow_s,
+        stay.slow_s,
+        detach.slow_s / stay.slow_s,
+    );
+    match detach.detached_s {
+        Some(d) => {
+            let at = detach.detached_at.map_or(String::new(), |b| {
+                let share = 100.0 * b as f64 / size as f64;
+                format!(", {} then at {} of {} ({share:.0}%)", slow_name(SLOW_NODE), human(b), human(size))
+            });
+            let _ = writeln!(
+                s,
+                "- With `--slow-after {slow_after}` the server took {slow} out of the chain {d:.2} s into\n  \
+                 the session{at}.\n  \
+                 Until then every node went at {slow}'s pace; the fast nodes finished {:.2} s\n  \
+                 after the detach.",
+                detach.fast_s() - d,
+                slow = slow_name(SLOW_NODE),
+            );
+        }
+        None => {
+            let _ =
+                writeln!(s, "- With `--slow-after {slow_after}` the server never detached the slow node.");
+        }
+    }
+    let verdicts: Vec<String> = SlowCase::ALL
+        .iter()
+        .zip(runs)
+        .filter(|(_, r)| !(r.server.ok() && r.failures.is_empty()))
+        .map(|(c, r)| format!("{}: {}", c.label(slow_after), r.verdict()))
+        .collect();
+    if verdicts.is_empty() {
+        let _ = writeln!(
+            s,
+            "- Every run ended with server exit code 0: each node, the slow one included,\n  \
+             verified the BLAKE3 hash of all {} bytes.",
+            size
+        );
+    } else {
+        let _ = writeln!(s, "- Not every run succeeded: {}.", verdicts.join("; "));
+    }
+    if let Some(o) = others {
+        let _ = writeln!(
+            s,
+            "- While these runs measured, other processes used {:.1} of {:.1} CPU s ({:.0}%)\n  \
+             and the hypervisor stole {:.1} s.",
+            o.cpu,
+            o.available,
+            100.0 * o.cpu / o.available.max(1e-9),
+            o.steal,
+        );
+    }
+    s
+}
+
+fn render_slow_doc(
+    opts: &Opts,
+    command: &str,
+    table: &str,
+    notes: &str,
+    runs: &[SlowRun],
+    load: &str,
+) -> String {
+    let m = machine();
+    let [even, stay, detach] = [SlowCase::Even, SlowCase::Stay, SlowCase::Detach].map(|c| &runs[c as usize]);
+    let repeat = if opts.repeat == 1 {
+        "each run once".to_string()
+    } else {
+        format!("each run {} times; the table shows the median by fast-node time", opts.repeat)
+    };
+    let fast_names: Vec<String> = (1..=SLOW_NODES).filter(|&k| k != SLOW_NODE).map(slow_name).collect();
+    let chain: Vec<String> = (1..=SLOW_NODES).map(slow_name).collect();
+    let wait = match detach.detached_s {
+        Some(d) => {
+            format!("here {d:.1} s from the session's start, {} s of it `--slow-after`", opts.slow_after)
+        }
+        None => "here the detach never came".into(),
+    };
+    format!(
+        "{SLOW_HEADING}\n\
+         \n\
+         A node much slower than the rest is taken out of the chain after `--slow-after`\n\
+         and fed on its own by the server, re-reading the input, so the others keep their\n\
+         speed (`src/session/repair.rs`, `check_slow`). Measured by the same bench:\n\
+         \n\
+         - Date: {date}; {cpus} CPUs, load average {load} when the bench started\n\
+         - Command: `{command}` (`--scenario slow` runs only this)\n\
+         - Data: {size} of incompressible pseudo-random bytes in a file (in the page\n  \
+           cache); {repeat}.\n\
+         - Setup: as the chain runs above, all on 127.0.0.1 with a free port, {n} nodes\n  \
+           chained {chain_order}. {fast} run `--discard`; {slow}'s\n  \
+           sink is throttled to at most 20 MB/s:\n\
+         \n\
+         ```text\n\
+         kacast server -s benchslow -n {n} -i FILE --bind 127.0.0.1 --port PORT --no-discovery \\\n    \
+         --report FILE --slow-after SECS     # 0, then {slow_after}\n\
+         kacast -q client -s benchslow --server 127.0.0.1:PORT --name {slow} --bind 127.0.0.1 \\\n    \
+         -e '{THROTTLE}'\n\
+         ```\n\
+         \n\
+         {table}\n\
+         {notes}\
+         \n\
+         Columns: *fast nodes s* and *slow node s* are each node's `duration_s` from the\n\
+         server's `--report` (session start to the node's report); *fast nodes vs\n\
+         `--slow-after 0`* divides the last fast node's time by that of the\n\
+         `--slow-after 0` run; *slow node MB/s* is bytes / its time; *detached at* is\n\
+         from the server's log (session start to the detach, and the slow node's offset\n\
+         then); *wall s* is server start to server exit, which waits for the slow node;\n\
+         *server exit* 0 means every node verified the hash. In the first row {slow}\n\
+         discards like the others: the same sessions without a slow node.\n\
+         \n\
+         What limits these numbers:\n\
+         \n\
+         - The `--slow-after 0` run goes at the slow node's pace, {stay_rate:.0} MB/s: set by the\n  \
+           throttle, not by the CPUs, which kacast barely uses then. The throttle gives less\n  \
+           than the 20 MB/s its naps allow because every MiB starts a `dd`, a `wc` and a\n  \
+           `sleep`, which costs more on a loaded host.\n\
+         - With detaching, most of the fast nodes' time is the wait for the detach: until\n  \
+           then they go at the slow node's pace. The server first needs its moving\n  \
+           average of the node's sink busy share (from heartbeats every 250 ms) to climb\n  \
+           past its threshold, which takes a few seconds, and only then counts\n  \
+           `--slow-after`:\n  \
+           {wait}.\n  \
+           That wait is a fixed cost, not a share of the stream: with a multi-GB image\n  \
+           the fast nodes would take the wait plus about what they take without a slow\n  \
+           node ({even:.2} s here for {size}), far less than at the slow node's pace,\n  \
+           while a stream that ends within the wait gains nothing.\n\
+         - After the detach, the {cpus} shared CPUs carry the server (now reading and\n  \
+           sending the file twice: down the chain and to the slow node), the {n} clients\n  \
+           and the throttle loop, besides whatever else the host runs: the fast nodes'\n  \
+           last stretch is CPU-bound, as in the chain table above. On a rack each node\n  \
+           has its own CPU and NIC; there the server's link carries the slow node's copy\n  \
+           on top of the chain's.\n\
+         - One machine, loopback, {runs}: read the ratios, not the absolute seconds.\n",
+        date = utc_now(),
+        cpus = m.cpus,
+        size = human(opts.slow_size),
+        n = SLOW_NODES,
+        chain_order = chain.join(" -> "),
+        fast = fast_names.join(", "),
+        slow = slow_name(SLOW_NODE),
+        slow_after = opts.slow_after,
+        stay_rate = mb_s(opts.slow_size, stay.slow_s),
+        even = even.fast_s(),
+        runs =
+            if opts.repeat == 1 { "one run each".to_string() } else { format!("median of {}", opts.repeat) },
+    )
+}
+
+/// The document from the parts that ran; a part that did not run keeps its text
+/// from the current document.
+fn compose_doc(old: &str, chain: Option<String>, slow: Option<String>) -> String {
+    // The slow-node section runs from its heading to the next `## ` or the end.
+    let (rest, section) = match old.find(&format!("\n{SLOW_HEADING}\n")) {
+        Some(at) => {
+            let start = at + 1;
+            let body = start + SLOW_HEADING.len();
+            let end = old[body..].find("\n## ").map_or(old.len(), |e| body + e + 1);
+            (format!("{}{}", &old[..start], &old[end..]), Some(&old[start..end]))
+        }
+        None => (old.to_string(), None),
+    };
+    let mut doc = match chain {
+        Some(c) => c,
+        None if rest.trim().is_empty() => {
+            "# Performance\n\nMeasured by `benches/chain.rs`, which rewrites this file.\n".to_string()
+        }
+        None => rest,
+    };
+    if let Some(section) = slow.as_deref().or(section) {
+        doc = format!("{}\n\n{}\n", doc.trim_end(), section.trim_end());
+    }
+    doc
 }
 
 fn render_table(size: u64, b: &Baseline, chains: &[(usize, ChainRun)]) -> String {

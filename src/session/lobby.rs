@@ -269,8 +269,9 @@ fn heard(lobby: &Lobby, id: u32, received: u64, written: u64, idle_ms: u64) {
         let span = now.duration_since(at).as_millis() as f64;
         if span > 0.0 {
             let busy = (1.0 - idle_ms.saturating_sub(idle) as f64 / span).clamp(0.0, 1.0);
-            // A few seconds of memory: one slow write is not a slow node.
-            m.busy = m.busy * 0.9 + busy * 0.1;
+            // About a second of memory (4 beats); `--slow-after` then asks that
+            // the node stay saturated, so one slow write is not a slow node.
+            m.busy = m.busy * 0.75 + busy * 0.25;
         }
     }
     m.last_beat = Some((now, idle_ms));
