@@ -324,3 +324,190 @@ fn real_sfdisk_writes_the_layout() {
         assert_eq!(Desc::from_sfdisk_json(&json).unwrap(), desc, "{name}");
     }
 }
+
+/// A dump in the shape of `sfdisk --json`, one `(node, size in sectors, type,
+/// extra fields)` per partition.
+fn dump(label: &str, parts: &[(&str, u64, &str, &str)]) -> String {
+    let entries: Vec<String> = parts
+        .iter()
+        .map(|(node, size, ptype, extra)| {
+            format!(
+                "{{\"node\": \"{node}\", \"start\": 2048, \"size\": {size}, \"type\": \"{ptype}\"{extra}}}"
+            )
+        })
+        .collect();
+    format!(
+        "{{\"partitiontable\": {{\"label\": \"{label}\", \"unit\": \"sectors\", \"partitions\": [{}]}}}}",
+        entries.join(", ")
+    )
+}
+
+/// What the fuzzers promise of a desc: its text reads back to it, and it lays
+/// out (or is refused) on any disk size without panicking or losing a
+/// partition.
+fn assert_round_trips(desc: &Desc) {
+    let text = desc.to_string();
+    match Desc::parse(&text, "again") {
+        Ok(again) => assert_eq!(&again, desc, "{text:?}"),
+        Err(e) => panic!("{desc:?} writes as {text:?}, which does not parse: {e}"),
+    }
+    for disk in [0, MIB, GIB, 3 << 40, 1 << 62, u64::MAX] {
+        if let Ok(layout) = desc.layout(disk) {
+            assert_eq!(layout.partitions.len(), desc.partitions.len(), "{desc:?} on {disk}");
+            let _ = layout.render_table();
+            let _ = layout.to_sfdisk_script();
+            let json = layout.to_sfdisk_json("/dev/sda");
+            let back = Desc::from_sfdisk_json(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert!(back.layout(disk).is_ok(), "{json}");
+        }
+    }
+}
+
+/// Fuzz regressions `dos-name-round-trip` and `gpt-bootable-round-trip`: a
+/// name on MBR or the active flag on GPT made a desc that `Display` wrote as
+/// text `Desc::parse` refuses. They mean nothing on that label: dropped.
+#[test]
+fn dump_drops_what_its_label_cannot_hold() {
+    let json = dump("dos", &[("sda1", 4096, "83", ", \"name\": \"ROOT\", \"bootable\": true")]);
+    let desc = Desc::from_sfdisk_json(&json).unwrap();
+    assert_eq!(desc.partitions[0].name, None);
+    assert!(desc.partitions[0].bootable, "the active flag is kept on an MBR primary");
+    assert_eq!(desc.to_string(), "linux fill bootable\n");
+    assert_round_trips(&desc);
+
+    let json = dump("gpt", &[("sda1", 4096, LINUX, ", \"bootable\": true, \"name\": \"ROOT\"")]);
+    let desc = Desc::from_sfdisk_json(&json).unwrap();
+    assert!(!desc.partitions[0].bootable);
+    assert_eq!(desc.partitions[0].name.as_deref(), Some("ROOT"));
+    assert_eq!(desc.to_string(), "label gpt\nlinux fill name=ROOT\n");
+    assert_round_trips(&desc);
+
+    // The active flag on a logical means nothing to a BIOS either.
+    let json = dump(
+        "dos",
+        &[("sda1", 8192, "5", ""), ("sda2", 2048, "83", ""), ("sda5", 2048, "83", ", \"bootable\": true")],
+    );
+    let desc = Desc::from_sfdisk_json(&json).unwrap();
+    assert_eq!(desc.to_string(), "extended 4\nlinux fill\nlogical linux fill\n");
+    assert_round_trips(&desc);
+}
+
+/// Fuzz regressions `dos-type0-round-trip`, `logical-extended-dropped-by-layout`
+/// and `huge-size-round-trip`: what a desc cannot describe is refused, naming
+/// the partition's node.
+#[test]
+fn dump_refuses_what_a_desc_cannot_describe() {
+    let refused = |json: String, node: &str, problem: &str| {
+        let err = Desc::from_sfdisk_json(&json).expect_err(&json);
+        assert_eq!(err.line, 0, "{err}");
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("<sfdisk --json>: {node}")), "{json}: {shown}");
+        assert!(shown.contains(problem), "{json}: {shown}");
+    };
+    // Type 0 is an empty MBR slot (a desc refuses `type00`); the all-zero
+    // GUID an unused GPT entry.
+    refused(dump("dos", &[("sda1", 4096, "0", "")]), "sda1: ", "empty MBR slot");
+    refused(dump("dos", &[("sda1", 4096, "83", ""), ("sda2", 4096, "0x00", "")]), "sda2: ", "empty");
+    let nil = "00000000-0000-0000-0000-000000000000";
+    refused(dump("gpt", &[("sda1", 4096, nil, "")]), "sda1: ", "unused GPT entry");
+    assert!(Desc::parse(&format!("label gpt\n{nil} 10\n"), "d").unwrap_err().to_string().contains("unused"));
+    // An extended partition among the logicals: the layout used to drop it
+    // and every logical after it.
+    refused(
+        dump("dos", &[("sda1", 4096, "83", ""), ("sda5", 4096, "5", ""), ("sda6", 4096, "83", "")]),
+        "sda5: ",
+        "extended partition (type 5) numbered 5, among the logicals",
+    );
+    refused(
+        dump("dos", &[("sda1", 4096, "f", ""), ("sda5", 4096, "85", "")]),
+        "sda5: ",
+        "extended partition (type 85)",
+    );
+    // A size no u64 byte count holds: it wrote back as a MiB number that did
+    // not parse.
+    refused(
+        dump("gpt", &[("sda1", u64::MAX, LINUX, ""), ("sda2", 2048, LINUX, "")]),
+        "sda1: ",
+        "size of 18446744073709551615 sectors",
+    );
+    refused(dump("dos", &[("sda1", u64::MAX, "83", "")]), "sda1: ", "more than any disk holds");
+    // The numbering, by node.
+    refused(dump("dos", &[("sda1", 4096, "83", ""), ("sda1", 4096, "83", "")]), "sda1: ", "listed twice");
+    refused(dump("dos", &[("sda0", 4096, "83", "")]), "cannot tell", "'sda0'");
+    refused(dump("dos", &[("/dev/sda", 4096, "83", "")]), "cannot tell", "'/dev/sda'");
+    refused(
+        dump("dos", &[("sda1", 4096, "83", ""), ("sda5", 4096, "83", "")]),
+        "sda5: ",
+        "without an extended",
+    );
+    refused(
+        dump("dos", &[("sda1", 4096, "5", ""), ("sda2", 4096, "f", "")]),
+        "2 extended partitions (sda1, sda2)",
+        "MBR allows one",
+    );
+    refused(
+        dump("gpt", &[("sda1", 4096, LINUX, ""), ("sda3", 4096, LINUX, "")]),
+        "partition 2",
+        "next is sda3",
+    );
+    refused(dump("gpt", &[("sda1", 4096, LINUX, ", \"name\": \"a\\\\b\"")]), "sda1: ", "contains");
+
+    // The largest size that is not refused reads back.
+    let largest = Size::MAX_MIB * 2048;
+    let desc = Desc::from_sfdisk_json(&dump("gpt", &[("sda1", largest, LINUX, ""), ("sda2", 1, LINUX, "")]))
+        .unwrap();
+    assert_eq!(desc.partitions[0].size, Size::Mib(Size::MAX_MIB));
+    assert_round_trips(&desc);
+}
+
+/// Fuzz regression `grow-extended-sum-overflow`: growing a fixed extended
+/// partition to hold its logicals summed their sizes without a check.
+#[test]
+fn dump_extended_too_big_to_grow() {
+    let max = Size::MAX_MIB * 2048;
+    let json = dump(
+        "dos",
+        &[("sda1", 16, "5", ""), ("sda2", 2048, "83", ""), ("sda5", max, "83", ""), ("sda6", max, "83", "")],
+    );
+    let err = Desc::from_sfdisk_json(&json).unwrap_err().to_string();
+    assert!(err.starts_with("<sfdisk --json>: sda1: its logical partitions add up to more than"), "{err}");
+    // Just small enough: the extended grows to the most a desc can write.
+    let json = dump(
+        "dos",
+        &[
+            ("sda1", 16, "5", ""),
+            ("sda2", 2048, "83", ""),
+            ("sda5", max - 3 * 2048, "83", ""),
+            ("sda6", max, "83", ""),
+        ],
+    );
+    let desc = Desc::from_sfdisk_json(&json).unwrap();
+    assert_eq!(desc.partitions[0].size, Size::Mib(Size::MAX_MIB));
+    assert_round_trips(&desc);
+}
+
+/// Fuzz regression `size-2pow44-mib-round-trip`: `18446744073709551615B`
+/// rounded up to 2^44 MiB, which `Display` wrote as a number too large to
+/// read back. Sizes stop at `Size::MAX_MIB`, and the largest lays out (or is
+/// refused) on every disk without an overflow.
+#[test]
+fn sizes_stop_below_16_eib() {
+    for text in ["linux 18446744073709551615B\n", "linux 17592186044416\n", "linux 16777216T\n"] {
+        let err = Desc::parse(text, "big.desc").unwrap_err().to_string();
+        assert!(err.starts_with("big.desc:1: ") && err.contains("too large"), "{text:?}: {err}");
+    }
+    for text in [
+        "linux 17592186044415\n",
+        "linux 18446744073708503040B\nswap fill\n",
+        "label gpt\nlinux 17592186044415\nlinux 100%\n",
+        "extended 17592186044415\nlogical linux 17592186044415\nlogical swap 100%\n",
+        "linux 50%\nextended fill\nlogical linux 17592186044415\nlogical swap fill\n",
+    ] {
+        let desc = Desc::parse(text, "big").unwrap();
+        assert_round_trips(&desc);
+    }
+    let desc = Desc::parse("label gpt\nlinux fill\n", "fill").unwrap();
+    let layout = desc.layout(u64::MAX).unwrap();
+    assert_eq!(layout.partitions[0].size.div_ceil(2048), Size::MAX_MIB);
+    assert_round_trips(&desc);
+}

@@ -32,8 +32,10 @@ pub struct Partition {
     pub ptype: PartType,
     pub size: Size,
     /// The MBR active flag, for BIOSes and boot loaders that look for it.
+    /// Primaries of an MBR table only: never set on GPT or on a logical.
     pub bootable: bool,
-    /// The GPT partition name (`PARTLABEL`), if any.
+    /// The GPT partition name (`PARTLABEL`), if any. GPT only: always `None`
+    /// on MBR, which has no names.
     pub name: Option<String>,
 }
 
@@ -281,7 +283,9 @@ impl Parser {
                     .into());
             }
             self.logicals += 1;
-            return Ok(FIRST_LOGICAL - 1 + self.logicals);
+            return (FIRST_LOGICAL - 1)
+                .checked_add(self.logicals)
+                .ok_or_else(|| "too many logical partitions".to_string());
         }
         if part.is_extended() {
             if let Some(first) = self.extended_line {

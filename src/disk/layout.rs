@@ -51,7 +51,7 @@ pub struct Placed {
 impl Placed {
     /// Last sector (inclusive), as fdisk shows it.
     pub fn end(&self) -> u64 {
-        self.start + self.size - 1
+        self.start.saturating_add(self.size).saturating_sub(1)
     }
 
     fn new(p: &Partition, start: u64, size: u64) -> Placed {
@@ -127,7 +127,7 @@ impl Scope {
             let (size, min) = match p.size {
                 Size::Mib(n) => (n.saturating_mul(ALIGN), n.saturating_mul(ALIGN)),
                 Size::Percent(pct) => {
-                    let size = self.base_mib * u64::from(pct) / 100 * ALIGN;
+                    let size = percent_of(self.base_mib, pct).saturating_mul(ALIGN);
                     (size, size.max(ALIGN))
                 }
                 Size::Fill => {
@@ -150,13 +150,24 @@ fn logicals_need(logicals: &[&Partition]) -> u64 {
         Size::Percent(_) | Size::Fill => ALIGN,
     };
     let sum = logicals.iter().map(min).fold(0u64, u64::saturating_add);
-    sum.saturating_add(ALIGN * logicals.len() as u64).max(ALIGN)
+    let gaps = ALIGN.saturating_mul(u64::try_from(logicals.len()).unwrap_or(u64::MAX));
+    sum.saturating_add(gaps).max(ALIGN)
+}
+
+/// `pct`% of `mib`, rounded down, without the overflow of `mib * pct`.
+fn percent_of(mib: u64, pct: u8) -> u64 {
+    let pct = u64::from(pct);
+    mib / 100 * pct + mib % 100 * pct / 100
 }
 
 fn zero_percent(placed: &[Placed], parts: &[&Partition], of: u64) -> Result<(), LayoutError> {
     for (pl, p) in placed.iter().zip(parts) {
         if let (0, Size::Percent(percent)) = (pl.size, p.size) {
-            return Err(LayoutError::PercentTooSmall { number: p.number, percent, of: of * SECTOR });
+            return Err(LayoutError::PercentTooSmall {
+                number: p.number,
+                percent,
+                of: of.saturating_mul(SECTOR),
+            });
         }
     }
     Ok(())
@@ -193,7 +204,7 @@ impl Desc {
 fn place_logicals(ext: &Placed, logicals: &[&Partition]) -> Result<Vec<Placed>, LayoutError> {
     let scope = Scope {
         start: ext.start,
-        end: ext.start + ext.size,
+        end: ext.start.saturating_add(ext.size),
         gap: ALIGN,
         base_mib: (ext.size / ALIGN).saturating_sub(logicals.len() as u64),
     };
@@ -201,8 +212,8 @@ fn place_logicals(ext: &Placed, logicals: &[&Partition]) -> Result<Vec<Placed>, 
     if need > scope.end {
         return Err(LayoutError::ExtendedTooSmall {
             number: ext.number,
-            size: ext.size * SECTOR,
-            needed: (need - ext.start).saturating_mul(SECTOR),
+            size: ext.size.saturating_mul(SECTOR),
+            needed: need.saturating_sub(ext.start).saturating_mul(SECTOR),
         });
     }
     zero_percent(&placed, logicals, scope.base_mib * ALIGN)?;
@@ -215,7 +226,7 @@ impl Layout {
         let mut out = format!(
             "label {}, disk {} ({} sectors of {SECTOR} bytes)\n",
             self.label,
-            human(self.disk_sectors * SECTOR),
+            human(self.disk_sectors.saturating_mul(SECTOR)),
             self.disk_sectors
         );
         let _ =
@@ -241,7 +252,7 @@ impl Layout {
                 p.start,
                 p.end(),
                 p.size,
-                human(p.size * SECTOR),
+                human(p.size.saturating_mul(SECTOR)),
             );
         }
         out
@@ -340,6 +351,23 @@ mod tests {
     fn tiny_percentage() {
         let e = layout("linux 1%\nswap fill\n", 51 * MIB).unwrap_err();
         assert_eq!(e.to_string(), "partition 1: 1% of 50.0 MiB is less than 1 MiB");
+    }
+
+    #[test]
+    fn arithmetic_never_overflows() {
+        assert_eq!(percent_of(u64::MAX, 100), u64::MAX);
+        assert_eq!(percent_of(u64::MAX, 50), u64::MAX / 2);
+        assert_eq!(percent_of(199, 50), 99);
+        assert_eq!(percent_of(10239, 25), 2559);
+        let p = Desc::parse("linux 1\n", "t").unwrap().partitions.remove(0);
+        assert_eq!(Placed::new(&p, 0, 0).end(), 0);
+        assert_eq!(Placed::new(&p, u64::MAX, 2).end(), u64::MAX - 1);
+        let huge = Layout {
+            label: Label::Gpt,
+            disk_sectors: u64::MAX,
+            partitions: vec![Placed::new(&p, 2048, u64::MAX)],
+        };
+        assert!(huge.render_table().contains("18446744073709551615"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::desc::{check_name, Desc, DescError, Partition, FIRST_LOGICAL};
+use super::desc::{check_name, Desc, DescError, Partition, FIRST_LOGICAL, MBR_MAX_PRIMARIES};
 use super::layout::{Layout, ALIGN, SECTOR};
 use super::size::Size;
 use super::types::{parse_hex_code, Guid, Label, PartType, GPT_MAX_PARTITIONS};
@@ -101,6 +101,21 @@ impl Desc {
     /// partition of each scope as `fill`. An extended partition that is not
     /// `fill` is grown if its logicals, placed kacast's way (1 MiB aligned, a
     /// 1 MiB EBR gap each), would not fit in it.
+    ///
+    /// What means nothing on the dump's label is dropped without a word: a
+    /// `name` on MBR (which has no partition names), the `bootable` flag on GPT
+    /// (the MBR active flag; a GPT disk boots from an esp or bios-boot
+    /// partition) and on a logical (no BIOS looks there). The result is a desc
+    /// [`Desc::parse`] accepts, and its `Display` reads back to it.
+    ///
+    /// What a desc cannot describe is refused, naming the partition's node:
+    /// holes or repeats in the numbering (the later partitions, and the fstab,
+    /// would shift), type `0` on MBR or the all-zero GUID on GPT (an empty
+    /// slot, not a partition), an extended partition numbered 5 or more (the
+    /// extended partition is a primary), logicals without an extended
+    /// partition, a second extended partition, a size beyond
+    /// [`Size::MAX_MIB`] (no disk kacast can address is that big), a GPT name
+    /// a desc cannot write, more than 128 GPT partitions.
     pub fn from_sfdisk_json(json_text: &str) -> Result<Desc, DescError> {
         let dump: Dump =
             serde_json::from_str(json_text).map_err(|e| fail(format!("not `sfdisk --json` output: {e}")))?;
@@ -115,49 +130,82 @@ impl Desc {
             return Err(fail(format!("{sector}-byte sectors: kacast handles {SECTOR}-byte sectors only")));
         }
         let mut parts = table.partitions.iter().map(|e| entry(e, label)).collect::<Result<Vec<_>, _>>()?;
-        parts.sort_by_key(|p| p.number);
+        parts.sort_by_key(|(_, p)| p.number);
         check_numbers(&parts, label)?;
         for scope in [false, true] {
-            if let Some(last) = parts.iter_mut().rev().find(|p| p.logical == scope) {
+            if let Some((_, last)) = parts.iter_mut().rev().find(|(_, p)| p.logical == scope) {
                 last.size = Size::Fill;
             }
         }
-        grow_extended(&mut parts);
-        Ok(Desc { label, partitions: parts })
+        grow_extended(&mut parts)?;
+        Ok(Desc { label, partitions: parts.into_iter().map(|(_, p)| p).collect() })
     }
 }
 
-fn entry(e: &Entry, label: Label) -> Result<Partition, DescError> {
-    let digits = e.node.len() - e.node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-    let number: u32 = e.node[e.node.len() - digits..]
+/// The node of a dump entry (`/dev/sda1`) and the partition it becomes.
+type Dumped<'a> = (&'a str, Partition);
+
+fn entry(e: &Entry, label: Label) -> Result<Dumped<'_>, DescError> {
+    let node = e.node.as_str();
+    let at = |message: String| fail(format!("{node}: {message}"));
+    let digits = node.len() - node.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let number: u32 = node[node.len() - digits..]
         .parse()
-        .map_err(|_| fail(format!("cannot tell the partition number of '{}'", e.node)))?;
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| fail(format!("cannot tell the partition number of '{node}'")))?;
     let ptype = match label {
         Label::Dos => parse_hex_code(&e.ptype).map(PartType::Mbr),
         Label::Gpt => Guid::parse(&e.ptype).map(PartType::Gpt),
     }
-    .ok_or_else(|| fail(format!("{}: bad {label} type '{}'", e.node, e.ptype)))?;
-    let name = match e.name.as_deref() {
-        None | Some("") => None,
-        Some(n) => Some(check_name(n).map_err(|m| fail(format!("{}: {m}", e.node)))?.to_string()),
+    .ok_or_else(|| at(format!("bad {label} type '{}'", e.ptype)))?;
+    match &ptype {
+        PartType::Mbr(0) => {
+            return Err(at(format!("type '{}' marks an empty MBR slot, not a partition", e.ptype)))
+        }
+        PartType::Gpt(guid) if guid.is_nil() => {
+            return Err(at(format!("type '{}' marks an unused GPT entry, not a partition", e.ptype)))
+        }
+        _ => {}
+    }
+    let name = match (label, e.name.as_deref()) {
+        // MBR has no partition names: whatever the dump says means nothing.
+        (Label::Dos, _) | (Label::Gpt, None | Some("")) => None,
+        (Label::Gpt, Some(n)) => Some(check_name(n).map_err(at)?.to_string()),
     };
     let mib = e.size.div_ceil(ALIGN).max(1);
+    if mib > Size::MAX_MIB {
+        return Err(at(format!(
+            "size of {} sectors: more than any disk holds ({} MiB at most)",
+            e.size,
+            Size::MAX_MIB
+        )));
+    }
     let logical = label == Label::Dos && number >= FIRST_LOGICAL;
-    Ok(Partition {
+    if logical && ptype.is_extended() {
+        return Err(at(format!(
+            "extended partition (type {}) numbered {number}, among the logicals: a desc's \
+             extended partition is a primary (1-{MBR_MAX_PRIMARIES}) that holds the logicals",
+            e.ptype
+        )));
+    }
+    let part = Partition {
         number,
         logical,
         ptype,
         size: Size::Mib(mib),
-        // An active flag on a logical means nothing to a BIOS, and a desc
-        // allows it on primaries only.
-        bootable: e.bootable && !logical,
+        // The MBR active flag means nothing on GPT (its legacy-BIOS attribute
+        // is another thing, which sfdisk does not call `bootable`), nor on a
+        // logical to a BIOS; a desc allows it on MBR primaries only.
+        bootable: e.bootable && label == Label::Dos && !logical,
         name,
-    })
+    };
+    Ok((node, part))
 }
 
 /// A desc numbers partitions in order, so a table with holes (sda1, sda3)
 /// cannot be described without renumbering, which would break the fstab.
-fn check_numbers(parts: &[Partition], label: Label) -> Result<(), DescError> {
+fn check_numbers(parts: &[Dumped<'_>], label: Label) -> Result<(), DescError> {
     if parts.is_empty() {
         return Err(fail("the partition table is empty".into()));
     }
@@ -165,41 +213,60 @@ fn check_numbers(parts: &[Partition], label: Label) -> Result<(), DescError> {
         return Err(fail(format!("more than {GPT_MAX_PARTITIONS} partitions")));
     }
     let mut expect = [1, FIRST_LOGICAL];
-    for p in parts {
+    for (node, p) in parts {
         let next = &mut expect[usize::from(p.logical)];
+        if p.number < *next {
+            return Err(fail(format!("{node}: partition {} is listed twice", p.number)));
+        }
         if p.number != *next {
             return Err(fail(format!(
-                "partition {} is missing (next is {}): a desc numbers partitions in order, \
+                "partition {} is missing (next is {node}): a desc numbers partitions in order, \
                  so the later ones would be renumbered",
-                *next, p.number
+                *next
             )));
         }
-        *next += 1;
+        *next = next.saturating_add(1);
     }
-    let extended = parts.iter().filter(|p| p.is_extended()).count();
-    if label == Label::Dos && extended > 1 {
-        return Err(fail(format!("{extended} extended partitions")));
+    let extended: Vec<&str> = parts.iter().filter(|(_, p)| p.is_extended()).map(|(n, _)| *n).collect();
+    if extended.len() > 1 {
+        return Err(fail(format!(
+            "{} extended partitions ({}): MBR allows one",
+            extended.len(),
+            extended.join(", ")
+        )));
     }
-    if expect[1] > FIRST_LOGICAL && extended == 0 {
-        return Err(fail("logical partitions without an extended partition".into()));
+    if let (None, Some((node, _))) = (extended.first(), parts.iter().find(|(_, p)| p.logical)) {
+        return Err(fail(format!("{node}: logical partition without an extended partition")));
     }
     Ok(())
 }
 
-fn grow_extended(parts: &mut [Partition]) {
-    let need: u64 = parts
+/// Grows a fixed-size extended partition to hold its logicals the way a desc
+/// places them: each one's MiB and its 1 MiB EBR gap, 1 MiB for a `fill`.
+fn grow_extended(parts: &mut [Dumped<'_>]) -> Result<(), DescError> {
+    let need = parts
         .iter()
-        .filter(|p| p.logical)
-        .map(|p| match p.size {
-            Size::Mib(n) => n + 1,
-            Size::Percent(_) | Size::Fill => 2,
+        .filter(|(_, p)| p.logical)
+        .map(|(_, p)| match p.size {
+            Size::Mib(n) => n.checked_add(1),
+            Size::Percent(_) | Size::Fill => Some(2),
         })
-        .sum();
-    if let Some(ext) = parts.iter_mut().find(|p| p.is_extended()) {
+        .try_fold(0u64, |sum, n| sum.checked_add(n?));
+    if let Some((node, ext)) = parts.iter_mut().find(|(_, p)| p.is_extended()) {
         if let Size::Mib(n) = ext.size {
-            ext.size = Size::Mib(n.max(need));
+            match need {
+                Some(need) if need <= Size::MAX_MIB => ext.size = Size::Mib(n.max(need)),
+                _ => {
+                    return Err(fail(format!(
+                        "{node}: its logical partitions add up to more than {} MiB (16 EiB), \
+                         more than any disk holds",
+                        Size::MAX_MIB
+                    )))
+                }
+            }
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -257,6 +324,31 @@ mod tests {
         assert!(e.contains("not `sfdisk --json` output"), "{e}");
         let sun = r#"{"partitiontable": {"label": "sun", "partitions": []}}"#;
         assert!(Desc::from_sfdisk_json(sun).unwrap_err().message.contains("'sun'"));
+    }
+
+    /// Fuzz regression `grow-extended-sum-overflow`: the logicals' sizes were
+    /// summed unchecked.
+    #[test]
+    fn growing_the_extended_never_overflows() {
+        let part = |number, code, size| Partition {
+            number,
+            logical: number >= FIRST_LOGICAL,
+            ptype: PartType::Mbr(code),
+            size,
+            bootable: false,
+            name: None,
+        };
+        let mut parts = vec![
+            ("sda1", part(1, 5, Size::Mib(1))),
+            ("sda5", part(5, 0x83, Size::Mib(u64::MAX))),
+            ("sda6", part(6, 0x83, Size::Mib(u64::MAX))),
+        ];
+        let e = grow_extended(&mut parts).unwrap_err().to_string();
+        assert!(e.starts_with("<sfdisk --json>: sda1: its logical partitions add up to more"), "{e}");
+        parts[1].1.size = Size::Mib(Size::MAX_MIB - 3);
+        parts[2].1.size = Size::Fill;
+        grow_extended(&mut parts).unwrap();
+        assert_eq!(parts[0].1.size, Size::Mib(Size::MAX_MIB));
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub enum Size {
     Fill,
 }
 
+impl Size {
+    /// The largest fixed size, in MiB: just under 16 EiB, so that its byte
+    /// count fits the `u64` every disk size is counted in. No disk can hold a
+    /// larger partition, and a larger number could not be written back as a
+    /// plain MiB number that reads again ([`Desc::parse`](super::Desc::parse)
+    /// refuses it as too large).
+    pub const MAX_MIB: u64 = u64::MAX / MIB;
+}
+
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -49,13 +58,18 @@ pub fn parse_size(word: &str) -> Result<Size, String> {
             _ => Err(format!("percentage '{word}' is over 100%")),
         };
     }
-    let bytes = if let Some(mib) = digits(word) {
-        mib.checked_mul(MIB).ok_or_else(|| format!("bad size '{word}': too large"))?
+    let mib = if let Some(mib) = digits(word) {
+        mib
     } else {
-        crate::size::parse_size(word).map_err(|e| format!("bad size: {e}; {HINT}"))?
+        crate::size::parse_size(word).map_err(|e| format!("bad size: {e}; {HINT}"))?.div_ceil(MIB)
     };
-    match bytes.div_ceil(MIB) {
+    match mib {
         0 => Err(format!("zero size '{word}': a partition needs at least 1 MiB")),
+        // Rounded up, u64::MAX bytes would be 2^44 MiB: one byte past what a
+        // `u64` counts, and a number `linux N` could not read back.
+        mib if mib > Size::MAX_MIB => {
+            Err(format!("bad size '{word}': too large (at most {} MiB, just under 16 EiB)", Size::MAX_MIB))
+        }
         mib => Ok(Size::Mib(mib)),
     }
 }
@@ -106,5 +120,21 @@ mod tests {
         assert!(parse_size("-5").unwrap_err().contains("bad size"));
         assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_size("18446744073709551615").unwrap_err().contains("too large"));
+    }
+
+    /// Fuzz regression `size-2pow44-mib-round-trip`: `18446744073709551615B`
+    /// rounded up to 2^44 MiB, which was accepted but written back as a MiB
+    /// number that no longer parsed.
+    #[test]
+    fn largest_size_round_trips() {
+        assert_eq!(Size::MAX_MIB, (1 << 44) - 1);
+        for word in ["18446744073709551615B", "17592186044416", "16777216T", "18014398509481984K"] {
+            assert!(parse_size(word).unwrap_err().contains("too large"), "{word}");
+        }
+        for word in ["17592186044415", "18446744073708503040B", "16777215T"] {
+            let size = parse_size(word).unwrap();
+            assert_eq!(parse_size(&size.to_string()), Ok(size), "{word}");
+        }
+        assert_eq!(parse_size("17592186044415"), Ok(Size::Mib(Size::MAX_MIB)));
     }
 }

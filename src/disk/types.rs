@@ -62,6 +62,13 @@ impl Guid {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The all-zero GUID, which marks an unused entry of the GPT array (as
+    /// type `00` marks an empty MBR slot): a partition of this type would
+    /// vanish once written, so a desc and a dump refuse it.
+    pub fn is_nil(&self) -> bool {
+        self.0.bytes().all(|b| matches!(b, b'0' | b'-'))
+    }
 }
 
 impl fmt::Display for Guid {
@@ -177,10 +184,13 @@ pub fn parse_type(word: &str, label: Label) -> Result<PartType, String> {
              partitions directly"
                 .into())
         }
-        Label::Gpt => gpt_named(&lower)
-            .or_else(|| Guid::parse(word))
-            .map(PartType::Gpt)
-            .ok_or_else(|| unknown_type(word)),
+        Label::Gpt => match gpt_named(&lower).or_else(|| Guid::parse(word)) {
+            Some(guid) if guid.is_nil() => {
+                Err(format!("'{word}' is the unused entry type of GPT, not a partition"))
+            }
+            Some(guid) => Ok(PartType::Gpt(guid)),
+            None => Err(unknown_type(word)),
+        },
         Label::Dos if lower == "bios-boot" => {
             Err("bios-boot exists only on GPT (it holds GRUB's core image there); on MBR GRUB uses \
              the gap before the first partition: drop this line or add `label gpt`"
@@ -251,6 +261,10 @@ mod tests {
         assert!(parse_type("type07", Label::Gpt).unwrap_err().contains("no obvious GPT equivalent"));
         assert!(parse_type("extended", Label::Gpt).unwrap_err().contains("only on MBR"));
         assert!(Guid::parse("0FC63DAF-8483-4772-8E79-3D69D8477DE").is_none());
+        let nil = "00000000-0000-0000-0000-000000000000";
+        assert!(Guid::parse(nil).unwrap().is_nil());
+        assert!(!Guid::parse("00000000-0000-0000-0000-000000000001").unwrap().is_nil());
+        assert!(parse_type(nil, Label::Gpt).unwrap_err().contains("unused entry type"));
     }
 
     #[test]
