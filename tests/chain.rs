@@ -9,14 +9,7 @@ use std::thread;
 
 use common::*;
 use kacast::chain::{Sink, CHUNK_SIZE};
-use kacast::demo::Pattern;
 use kacast::session::{Input, Order, Server, SessionReport};
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len);
-    std::io::Read::read_to_end(&mut Pattern::new(seed, len as u64), &mut v).unwrap();
-    v
-}
 
 /// Streams `data` from a server to `n` nodes that each write a file, and checks
 /// every file byte for byte (by hash) against the source.

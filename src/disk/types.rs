@@ -210,7 +210,8 @@ pub fn parse_type(word: &str, label: Label) -> Result<PartType, String> {
 /// Parses the 1–2 hex digits of `typeXX` or of an sfdisk dump's MBR `type`.
 pub fn parse_hex_code(hex: &str) -> Option<u8> {
     let hex = hex.strip_prefix("0x").unwrap_or(hex);
-    if hex.is_empty() || hex.len() > 2 {
+    // from_str_radix would take a sign ("+5"): only hex digits are a code.
+    if hex.is_empty() || hex.len() > 2 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()
@@ -248,6 +249,14 @@ mod tests {
         assert!(parse_type("type100", Label::Dos).unwrap_err().contains("1 or 2 hex digits"));
         assert!(parse_type("type00", Label::Dos).unwrap_err().contains("empty"));
         assert!(parse_type("lunix", Label::Dos).unwrap_err().contains("unknown partition type 'lunix'"));
+    }
+
+    #[test]
+    fn hex_codes_are_hex_digits_only() {
+        assert_eq!(parse_hex_code("83"), Some(0x83));
+        assert_eq!(parse_hex_code("0x5"), Some(5));
+        assert_eq!(parse_hex_code("+5"), None);
+        assert_eq!(parse_hex_code("-1"), None);
     }
 
     #[test]

@@ -410,6 +410,72 @@ impl Frame {
         Ok(frame)
     }
 
+    /// One frame of every kind (two of some), for tests and fuzz seeds.
+    #[doc(hidden)]
+    pub fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                session: "kainstall".into(),
+                name: "n1".into(),
+                role: Role::Node,
+                data_port: 4000,
+                nonce: Some([7; 32]),
+            }),
+            Frame::Hello(Hello {
+                session: "s".into(),
+                name: String::new(),
+                role: Role::Go,
+                data_port: 0,
+                nonce: None,
+            }),
+            Frame::Challenge { nonce: [1; 32], proof: [2; 32] },
+            Frame::Proof { proof: [3; 32] },
+            Frame::Welcome { node_id: 7 },
+            Frame::Refuse { reason: "late".into() },
+            Frame::Assign(Assign {
+                index: 3,
+                total: 8,
+                upstream: "[::1]:9".parse().unwrap(),
+                children: vec![4, 5],
+                source: "10.0.0.1:1".parse().unwrap(),
+                stream_len: Some(10),
+            }),
+            Frame::Assign(Assign {
+                index: 1,
+                total: 1,
+                upstream: "10.0.0.1:30764".parse().unwrap(),
+                children: vec![],
+                source: "[fe80::1]:2".parse().unwrap(),
+                stream_len: None,
+            }),
+            Frame::Progress { received: u64::MAX - 1, written: 3, idle_ms: 9 },
+            Frame::Reattach { upstream: "192.168.1.2:40000".parse().unwrap() },
+            Frame::Detach { node_id: 9 },
+            Frame::Report(Report {
+                bytes: 5,
+                hash_ok: true,
+                sink_status: Some(-1),
+                duration_ms: 9,
+                error: None,
+            }),
+            Frame::Report(Report {
+                bytes: 0,
+                hash_ok: false,
+                sink_status: None,
+                duration_ms: 0,
+                error: Some("tar: x".into()),
+            }),
+            Frame::Bye,
+            Frame::Abort { reason: "server stopping".into() },
+            Frame::DataHello { session: "a.b-c_d".into(), node_id: 1, offset: 42, nonce: None },
+            Frame::Data(vec![1, 2, 3]),
+            Frame::Data(vec![]),
+            Frame::End(End { length: 3, hash: [9; 32] }),
+            Frame::Discover { session: "getstage2".into() },
+            Frame::Offer(Offer { session: "getstage2".into(), control_port: 30765 }),
+        ]
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut p = Vec::new();
         match self {
@@ -560,73 +626,9 @@ fn socket_addr(f: &mut Fields<'_>, field: &'static str) -> Result<SocketAddr, Pr
 mod tests {
     use super::*;
 
-    fn samples() -> Vec<Frame> {
-        vec![
-            Frame::Hello(Hello {
-                session: "kainstall".into(),
-                name: "n1".into(),
-                role: Role::Node,
-                data_port: 4000,
-                nonce: Some([7; 32]),
-            }),
-            Frame::Hello(Hello {
-                session: "s".into(),
-                name: String::new(),
-                role: Role::Go,
-                data_port: 0,
-                nonce: None,
-            }),
-            Frame::Challenge { nonce: [1; 32], proof: [2; 32] },
-            Frame::Proof { proof: [3; 32] },
-            Frame::Welcome { node_id: 7 },
-            Frame::Refuse { reason: "late".into() },
-            Frame::Assign(Assign {
-                index: 3,
-                total: 8,
-                upstream: "[::1]:9".parse().unwrap(),
-                children: vec![4, 5],
-                source: "10.0.0.1:1".parse().unwrap(),
-                stream_len: Some(10),
-            }),
-            Frame::Assign(Assign {
-                index: 1,
-                total: 1,
-                upstream: "10.0.0.1:30764".parse().unwrap(),
-                children: vec![],
-                source: "[fe80::1]:2".parse().unwrap(),
-                stream_len: None,
-            }),
-            Frame::Progress { received: u64::MAX - 1, written: 3, idle_ms: 9 },
-            Frame::Reattach { upstream: "192.168.1.2:40000".parse().unwrap() },
-            Frame::Detach { node_id: 9 },
-            Frame::Report(Report {
-                bytes: 5,
-                hash_ok: true,
-                sink_status: Some(-1),
-                duration_ms: 9,
-                error: None,
-            }),
-            Frame::Report(Report {
-                bytes: 0,
-                hash_ok: false,
-                sink_status: None,
-                duration_ms: 0,
-                error: Some("tar: x".into()),
-            }),
-            Frame::Bye,
-            Frame::Abort { reason: "server stopping".into() },
-            Frame::DataHello { session: "a.b-c_d".into(), node_id: 1, offset: 42, nonce: None },
-            Frame::Data(vec![1, 2, 3]),
-            Frame::Data(vec![]),
-            Frame::End(End { length: 3, hash: [9; 32] }),
-            Frame::Discover { session: "getstage2".into() },
-            Frame::Offer(Offer { session: "getstage2".into(), control_port: 30765 }),
-        ]
-    }
-
     #[test]
     fn every_frame_round_trips() {
-        for frame in samples() {
+        for frame in Frame::samples() {
             let bytes = frame.encode();
             assert_eq!(Frame::check(&bytes), Ok(Some(bytes.len())), "{frame:?}");
             assert_eq!(Frame::parse(&bytes).as_ref(), Ok(&frame));

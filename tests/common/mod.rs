@@ -53,21 +53,38 @@ pub fn loopback_client(session: &str, server: SocketAddr, name: &str, sink: Sink
     c
 }
 
-/// Starts one client per sink on its own thread.
+/// Starts one client per sink on its own thread, named node01, node02…
 pub fn spawn_clients(
     session: &str,
     server: SocketAddr,
     sinks: Vec<Sink>,
 ) -> Vec<JoinHandle<kacast::Result<ClientReport>>> {
+    spawn_clients_named(session, server, sinks, |i| format!("node{i:02}"))
+}
+
+/// As [`spawn_clients`], node `i` (from 1) named `name(i)`.
+pub fn spawn_clients_named(
+    session: &str,
+    server: SocketAddr,
+    sinks: Vec<Sink>,
+    name: impl Fn(usize) -> String,
+) -> Vec<JoinHandle<kacast::Result<ClientReport>>> {
     sinks
         .into_iter()
         .enumerate()
         .map(|(i, sink)| {
-            let client = Client::bind(loopback_client(session, server, &format!("node{:02}", i + 1), sink))
-                .expect("client binds");
+            let client =
+                Client::bind(loopback_client(session, server, &name(i + 1), sink)).expect("client binds");
             thread::spawn(move || client.run())
         })
         .collect()
+}
+
+/// `len` reproducible incompressible bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    std::io::Read::read_to_end(&mut kacast::demo::Pattern::new(seed, len as u64), &mut v).unwrap();
+    v
 }
 
 pub fn kacast_bin() -> PathBuf {
