@@ -534,6 +534,9 @@ struct ChainRun {
     stream_s: f64,
     server: Cpu,
     clients: Cpu,
+    /// Peak RSS of the server and of the largest client, in MiB.
+    server_rss_mib: f64,
+    client_rss_mib: f64,
 }
 
 /// How a child process ended.
@@ -542,6 +545,8 @@ struct Exit {
     status: libc::c_int,
     cpu: Cpu,
     at: Instant,
+    /// Peak resident memory (`ru_maxrss`), in MiB.
+    rss_mib: f64,
 }
 
 impl Exit {
@@ -611,7 +616,8 @@ impl Rack {
             // SAFETY: valid pointers; the pid is our own unreaped child.
             let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
             if r == pid {
-                p.exit = Some(Exit { status, cpu: Cpu::from_rusage(&ru), at: Instant::now() });
+                let rss_mib = ru.ru_maxrss as f64 / 1024.0;
+                p.exit = Some(Exit { status, cpu: Cpu::from_rusage(&ru), at: Instant::now(), rss_mib });
             } else if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -686,6 +692,8 @@ struct Session {
     server: Exit,
     /// CPU of all the clients (and their sink commands).
     clients: Cpu,
+    /// The largest peak RSS of any client, in MiB.
+    client_rss_mib: f64,
     /// The server's `--report`.
     report: serde_json::Value,
     server_log: PathBuf,
@@ -802,6 +810,7 @@ fn session(
         wall_s: (server.at - started).as_secs_f64(),
         server,
         clients: rack.procs[1..].iter().filter_map(|p| p.exit).fold(Cpu::default(), |a, e| a + e.cpu),
+        client_rss_mib: rack.procs[1..].iter().filter_map(|p| p.exit).map(|e| e.rss_mib).fold(0.0, f64::max),
         report,
         server_log: rack.procs[0].log.clone(),
     })
@@ -827,6 +836,8 @@ fn chain(file: &Path, hash: &str, size: u64, n: usize, dir: &Path, timeout: Dura
         stream_s: f("transfer_s") + f("pipeline_emptied_s"),
         server: run.server.cpu,
         clients: run.clients,
+        server_rss_mib: run.server.rss_mib,
+        client_rss_mib: run.client_rss_mib,
     })
 }
 
@@ -1272,13 +1283,14 @@ fn render_table(size: u64, b: &Baseline, chains: &[(usize, ChainRun)]) -> String
     let mut t = String::new();
     t.push_str(
         "| run | wall s | MB/s per node | vs copy | stream s | MB/s per node (stream), vs copy \
-         | delivered MB/s | CPU s/GiB per hop (user+sys) | server CPU s/GiB | cores busy |\n",
+         | delivered MB/s | CPU s/GiB per hop (user+sys) | server CPU s/GiB | cores busy \
+         | peak RSS MiB (server, largest node) |\n",
     );
-    t.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    t.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     let _ = writeln!(
         t,
         "| plain TCP copy | {:.2} | {base:.0} | 1.00 | {:.2} | {base:.0}, 1.00 | {base:.0} \
-         | {:.3} ({:.3}+{:.3}) | | {:.2} |",
+         | {:.3} ({:.3}+{:.3}) | | {:.2} | |",
         b.wall_s,
         b.wall_s,
         copy_cpu.total() / g,
@@ -1293,7 +1305,7 @@ fn render_table(size: u64, b: &Baseline, chains: &[(usize, ChainRun)]) -> String
         let _ = writeln!(
             t,
             "| chain, {n} node{} | {:.2} | {per_node:.0} | {:.2} | {:.2} | {streamed:.0}, {:.2} \
-             | {:.0} | {:.3} ({:.3}+{:.3}) | {:.3} | {:.2} |",
+             | {:.0} | {:.3} ({:.3}+{:.3}) | {:.3} | {:.2} | {:.0}, {:.0} |",
             if *n == 1 { "" } else { "s" },
             r.wall_s,
             per_node / base,
@@ -1305,6 +1317,8 @@ fn render_table(size: u64, b: &Baseline, chains: &[(usize, ChainRun)]) -> String
             r.clients.sys / hops,
             r.server.total() / g,
             (r.server.total() + r.clients.total()) / r.wall_s,
+            r.server_rss_mib,
+            r.client_rss_mib,
         );
     }
     t
@@ -1474,6 +1488,8 @@ fn render_doc(opts: &Opts, command: &str, table: &str, facts: &Facts, load: &str
            A hop receives, hashes and (except the last) relays; for the plain copy it is\n  \
            its sender plus its receiver. *server CPU s/GiB*: reading the file, hashing\n  \
            it, sending to the first node. *cores busy*: total CPU / wall time.\n\
+         - *peak RSS*: `ru_maxrss` from `wait4`, for the server and the largest node. The\n  \
+           default `--buffer` is 32 MiB per process, whatever the stream length.\n\
          \n\
          ## Caveats\n\
          \n\
