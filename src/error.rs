@@ -33,6 +33,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// A read timed out: the peer was silent for the timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Io { err, .. } if crate::net::is_timeout(err))
+    }
+}
+
 /// Attaches a description of what was being done to an I/O error.
 pub(crate) trait IoContext<T> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T>;

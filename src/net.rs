@@ -3,6 +3,12 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+/// A read that ended because its timeout passed (the kernel says EAGAIN or
+/// ETIMEDOUT depending on the socket): silence, not a broken connection.
+pub fn is_timeout(err: &std::io::Error) -> bool {
+    matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
 /// Waits until `fd` is readable (a connection to accept, data to read) or the
 /// timeout passes. Used instead of polling loops with sleeps.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {

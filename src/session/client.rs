@@ -364,13 +364,10 @@ fn follow_server(mut control: Connection, orders: &Orders, relay: &Relay, timeou
 }
 
 fn lost(e: Error, timeout: Duration) -> Error {
-    match &e {
-        Error::Io { err, .. }
-            if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-        {
-            Error::Aborted(format!("no word from the server for {}s: giving up", timeout.as_secs_f64()))
-        }
-        _ => Error::Aborted(format!("lost the server: {e}")),
+    if e.is_timeout() {
+        Error::Aborted(format!("no word from the server for {}s: giving up", timeout.as_secs_f64()))
+    } else {
+        Error::Aborted(format!("lost the server: {e}"))
     }
 }
 

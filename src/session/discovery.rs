@@ -13,6 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
 
 use crate::error::{IoContext, Result};
+use crate::net::is_timeout;
 use crate::protocol::{Frame, Offer, MAX_DATAGRAM};
 
 /// Answers discovery broadcasts for one session until dropped.
@@ -108,9 +109,7 @@ pub fn discover(session: &str, port: u16, wait: Duration) -> Result<Option<Socke
         socket.set_read_timeout(Some(left)).context(|| "discovery timeout".into())?;
         let (n, from) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Ok(None)
-            }
+            Err(e) if is_timeout(&e) => return Ok(None),
             Err(e) => return Err(e).context(|| "receive discovery offer".into()),
         };
         match Frame::parse(&buf[..n]) {

@@ -132,6 +132,24 @@ impl LobbyState {
         }
     }
 
+    /// Members whose upstream is chain position `pos` (0: the server) and that
+    /// still relay, in chain order. The tree lives in each member's `parent`.
+    pub fn children_of(&self, pos: usize) -> Vec<usize> {
+        let mut children: Vec<usize> = (0..self.members.len())
+            .filter(|&c| {
+                let m = &self.members[c];
+                m.parent == pos && m.pos > 0 && !m.dead
+            })
+            .collect();
+        children.sort_by_key(|&c| self.members[c].pos);
+        children
+    }
+
+    /// Placed in the chain, alive, and not yet reported: still receiving.
+    pub fn in_stream(&self, m: &Member) -> bool {
+        m.pos > 0 && !m.dead && !self.results.contains_key(&m.id)
+    }
+
     pub fn all_reported(&self) -> bool {
         self.results.len() >= self.members.iter().filter(|m| m.pos > 0).count()
     }
@@ -186,9 +204,7 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
             Ok(Some(Frame::Report(r))) => break Ok(r),
             Ok(Some(other)) => break Err(conn.unexpected(&other, "during the session").to_string()),
             Ok(None) => break Err("its control connection closed before its report".to_string()),
-            Err(Error::Io { err, .. })
-                if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
+            Err(e) if e.is_timeout() => {
                 break Err(format!("silent for {}s (no heartbeat)", lobby.timeout.as_secs_f64()))
             }
             Err(e) => break Err(format!("control connection lost: {e}")),
@@ -289,12 +305,7 @@ fn heard(lobby: &Lobby, id: u32, received: u64, written: u64, idle_ms: u64) {
     } else {
         m.sink_behind_since = None;
     }
-    let slowest = st
-        .members
-        .iter()
-        .filter(|m| m.pos > 0 && !m.dead && !st.results.contains_key(&m.id))
-        .map(|m| m.received)
-        .min();
+    let slowest = st.members.iter().filter(|m| st.in_stream(m)).map(|m| m.received).min();
     lobby.stats.slowest.store(slowest.unwrap_or(0), Ordering::Relaxed);
 }
 

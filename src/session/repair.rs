@@ -70,11 +70,8 @@ pub(crate) fn remove_from_chain(st: &mut LobbyState, id: u32) {
 
 /// Gives the children of member `i` its upstream as theirs.
 fn relink_children(st: &mut LobbyState, i: usize) {
-    let (pos, parent) = (st.members[i].pos, st.members[i].parent);
-    let orphans: Vec<usize> = (0..st.members.len())
-        .filter(|&c| st.members[c].parent == pos && st.members[c].pos > 0 && !st.members[c].dead)
-        .collect();
-    for c in orphans {
+    let parent = st.members[i].parent;
+    for c in st.children_of(st.members[i].pos) {
         st.members[c].parent = parent;
         // A fresh timeout at its new upstream: it was starved, not stalled.
         st.members[c].behind_since = None;
@@ -120,12 +117,8 @@ fn go_solo(st: &mut LobbyState, i: usize, others: f64) {
 pub(crate) fn check_slow(st: &mut LobbyState, lobby: &Lobby) {
     let Some(after) = lobby.slow_after else { return };
     let now = Instant::now();
-    let live: Vec<usize> = (0..st.members.len())
-        .filter(|&i| {
-            let m = &st.members[i];
-            m.pos > 0 && !m.dead && !m.solo && !st.results.contains_key(&m.id)
-        })
-        .collect();
+    let live: Vec<usize> =
+        (0..st.members.len()).filter(|&i| st.in_stream(&st.members[i]) && !st.members[i].solo).collect();
     let mut slow = None;
     for &i in &live {
         let mut others: Vec<f64> = live.iter().filter(|&&j| j != i).map(|&j| st.members[j].busy).collect();
@@ -174,19 +167,11 @@ pub(crate) fn check_stalls(st: &mut LobbyState, lobby: &Lobby) {
     let mut stalled = Vec::new();
     for i in 0..st.members.len() {
         let m = &st.members[i];
-        if m.pos == 0
-            || m.dead
-            || st.results.contains_key(&m.id)
-            || now.duration_since(m.heard_at) > 2 * HEARTBEAT
-        {
+        if !st.in_stream(m) || now.duration_since(m.heard_at) > 2 * HEARTBEAT {
             continue;
         }
         let behind = st.upstream_has(i, sent) > m.received;
-        let children_caught_up = st
-            .members
-            .iter()
-            .filter(|c| c.parent == m.pos && c.pos > 0 && !c.dead)
-            .all(|c| c.received >= m.received);
+        let children_caught_up = st.children_of(m.pos).iter().all(|&c| st.members[c].received >= m.received);
         let m = &mut st.members[i];
         if behind {
             m.behind_since.get_or_insert(now);

@@ -244,13 +244,10 @@ impl Server {
             member.pos = i + 1;
             member.parent = tree_parent(i + 1, arity);
         }
-        let children_of = |pos: usize| -> Vec<usize> {
-            (pos * arity + 1..=pos * arity + arity).filter(|c| *c <= n).map(|c| order[c - 1]).collect()
-        };
         let chain: Vec<String> = order.iter().map(|&i| st.members[i].name.clone()).collect();
         info!("session '{}' starting with {n} nodes: {}", self.config.session, chain.join(" -> "));
 
-        let server_children: Vec<u32> = children_of(0).into_iter().map(|m| st.members[m].id).collect();
+        let server_children: Vec<u32> = st.children_of(0).into_iter().map(|m| st.members[m].id).collect();
         let ring = Ring::new(self.config.buffer, server_children.len());
         let links = server_children
             .iter()
@@ -274,7 +271,7 @@ impl Server {
 
         let mut failed = Vec::new();
         for (i, &m) in order.iter().enumerate() {
-            let children = children_of(i + 1).into_iter().map(|c| st.members[c].id).collect();
+            let children = st.children_of(i + 1).into_iter().map(|c| st.members[c].id).collect();
             let member = &st.members[m];
             let assign = Assign {
                 index: (i + 1) as u32,
