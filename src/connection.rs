@@ -13,6 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::auth;
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{Frame, Header, Kind, HEADER_LEN, TAG_LEN};
 
@@ -37,11 +38,6 @@ impl Seal {
         tag.copy_from_slice(&h.finalize().as_bytes()[..TAG_LEN]);
         tag
     }
-}
-
-/// Compares tags without an early exit, so timing tells nothing of the match.
-fn same_tag(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Which end of the handshake this side was, for the tag directions.
@@ -148,7 +144,7 @@ impl Connection {
             let want = seal.tag(&header.to_bytes(), buf);
             let mut got = [0u8; TAG_LEN];
             self.read_exact(&mut got)?;
-            if !same_tag(&got, &want) {
+            if !auth::same(&got, &want) {
                 return Err(self.auth_err(format!(
                     "a {} frame failed authentication (altered, replayed, forged or wrong key)",
                     header.kind
