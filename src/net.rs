@@ -9,14 +9,9 @@ pub fn is_timeout(err: &std::io::Error) -> bool {
     matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
-/// Waits until `fd` is readable (a connection to accept, data to read) or the
-/// timeout passes. Used instead of polling loops with sleeps.
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
-    wait_any(&[fd], timeout).is_some()
-}
-
-/// Waits until one of `fds` is readable; returns the index of the first ready
-/// one, or `None` when the timeout passed.
+/// Waits until one of `fds` is readable (a connection to accept, data to read,
+/// a wake-up) or the timeout passes; returns the index of the first ready one.
+/// Used instead of polling loops with sleeps.
 pub fn wait_any(fds: &[RawFd], timeout: Duration) -> Option<usize> {
     let mut pfds: Vec<libc::pollfd> =
         fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();

@@ -26,9 +26,4 @@ impl Stats {
     pub fn count(v: &AtomicUsize) -> usize {
         v.load(Ordering::Relaxed)
     }
-
-    pub fn finished(&self) -> bool {
-        self.started.load(Ordering::Relaxed)
-            && Self::count(&self.done) + Self::count(&self.failed) >= Self::count(&self.nodes)
-    }
 }
