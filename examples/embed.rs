@@ -11,29 +11,24 @@ use std::io::Cursor;
 use std::thread;
 
 use kacast::chain::Sink;
-use kacast::session::{Client, ClientConfig, Input, Server, ServerAddress, ServerConfig};
+use kacast::session::{Client, ClientConfig, Input, Server, ServerConfig};
 
 fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("kacast-embed-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
 
     // The server side: a session of three nodes, on loopback, no broadcast.
-    let mut config = ServerConfig::new("embedded");
+    // (A real deployment starts from `ServerConfig::new` and listens on the rack.)
+    let mut config = ServerConfig::loopback("embedded");
     config.nodes = Some(3);
-    config.bind = [127, 0, 0, 1].into();
-    config.control_port = Some(0);
-    config.discovery_port = None;
     let server = Server::bind(config)?;
     let addr = server.control_addr();
 
     // The node side, normally on other machines.
     let nodes: Vec<_> = (1..=3)
         .map(|i| {
-            let mut c = ClientConfig::new("embedded", Sink::File(dir.join(format!("node{i}.img"))));
-            c.server = Some(ServerAddress { host: addr.ip().to_string(), port: addr.port() });
-            c.name = format!("node{i}");
-            c.bind = [127, 0, 0, 1].into();
-            let client = Client::bind(c)?;
+            let sink = Sink::File(dir.join(format!("node{i}.img")));
+            let client = Client::bind(ClientConfig::loopback("embedded", addr, &format!("node{i}"), sink))?;
             Ok(thread::spawn(move || client.run()))
         })
         .collect::<anyhow::Result<_>>()?;

@@ -9,9 +9,7 @@ use std::thread;
 
 use crate::chain::Sink;
 use crate::error::{Error, IoContext, Result};
-use crate::session::{
-    Client, ClientConfig, Input, Server, ServerAddress, ServerConfig, SessionReport, Stats,
-};
+use crate::session::{Client, ClientConfig, Input, Server, ServerConfig, SessionReport, Stats};
 
 /// Deterministic incompressible bytes (xorshift64*), generated at several GB/s so
 /// the demo and the benchmark measure the chain, not the generator.
@@ -78,13 +76,10 @@ pub fn run(
             (Some(t), p)
         }
     };
-    let mut sc = ServerConfig::new("demo");
+    let mut sc = ServerConfig::loopback("demo");
     sc.nodes = Some(config.nodes);
     sc.arity = config.arity;
     sc.buffer = config.buffer;
-    sc.bind = [127, 0, 0, 1].into();
-    sc.control_port = Some(0);
-    sc.discovery_port = None;
     let server = Server::bind(sc)?;
     let addr = server.control_addr();
     let stats = server.stats();
@@ -92,10 +87,8 @@ pub fn run(
     let clients: Vec<_> = (1..=config.nodes)
         .map(|i| {
             let name = format!("node{i:0width$}");
-            let mut cc = ClientConfig::new("demo", Sink::File(dir.join(format!("{name}.img"))));
-            cc.server = Some(ServerAddress { host: addr.ip().to_string(), port: addr.port() });
-            cc.name = name;
-            cc.bind = [127, 0, 0, 1].into();
+            let mut cc =
+                ClientConfig::loopback("demo", addr, &name, Sink::File(dir.join(format!("{name}.img"))));
             cc.buffer = config.buffer;
             let client = Client::bind(cc)?;
             Ok(thread::spawn(move || client.run()))

@@ -40,7 +40,7 @@ impl std::str::FromStr for ServerAddress {
             Error::Config(format!("invalid server address '{s}': expected HOST, HOST:PORT or [IPv6]:PORT"))
         };
         if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(ServerAddress { host: addr.ip().to_string(), port: addr.port() });
+            return Ok(addr.into());
         }
         if let Ok(ip) = s.trim_matches(['[', ']']).parse::<IpAddr>() {
             return Ok(ServerAddress { host: ip.to_string(), port: DEFAULT_CONTROL_PORT });
@@ -55,6 +55,12 @@ impl std::str::FromStr for ServerAddress {
             }
             None => Err(bad()),
         }
+    }
+}
+
+impl From<SocketAddr> for ServerAddress {
+    fn from(addr: SocketAddr) -> ServerAddress {
+        ServerAddress { host: addr.ip().to_string(), port: addr.port() }
     }
 }
 
@@ -98,6 +104,18 @@ impl ClientConfig {
             key: None,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// A node of a rack on this one host (see [`ServerConfig::loopback`]),
+    /// joining the server at `server` as `name`.
+    ///
+    /// [`ServerConfig::loopback`]: super::ServerConfig::loopback
+    pub fn loopback(session: impl Into<String>, server: SocketAddr, name: &str, sink: Sink) -> ClientConfig {
+        let mut c = ClientConfig::new(session, sink);
+        c.server = Some(server.into());
+        c.name = name.to_string();
+        c.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        c
     }
 }
 

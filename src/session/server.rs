@@ -80,6 +80,16 @@ impl ServerConfig {
         }
     }
 
+    /// A server for a rack on this one host (the demo, tests, a program driving
+    /// its nodes in-process): loopback only, any free port, no broadcast.
+    pub fn loopback(session: impl Into<String>) -> ServerConfig {
+        let mut c = ServerConfig::new(session);
+        c.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        c.control_port = Some(0);
+        c.discovery_port = None;
+        c
+    }
+
     fn validate(&self) -> Result<()> {
         validate_session(&self.session).map_err(|e| Error::Config(e.to_string()))?;
         if !(1..=4).contains(&self.arity) {

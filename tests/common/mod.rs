@@ -7,7 +7,7 @@ use std::process::Command;
 use std::thread::{self, JoinHandle};
 
 use kacast::chain::Sink;
-use kacast::session::{Client, ClientConfig, ClientReport, ServerAddress, ServerConfig};
+use kacast::session::{Client, ClientConfig, ClientReport, ServerConfig};
 
 /// Set by `.ci/run`: a test that would skip (no root, a missing tool) fails instead.
 pub const REQUIRE_ENV: &str = "KACAST_REQUIRE_ALL_TESTS";
@@ -37,20 +37,13 @@ pub fn missing_tool(tool: &str) -> Option<String> {
 
 /// A server config for loopback tests: no discovery, any free port.
 pub fn loopback_server(session: &str, nodes: usize) -> ServerConfig {
-    let mut c = ServerConfig::new(session);
+    let mut c = ServerConfig::loopback(session);
     c.nodes = Some(nodes);
-    c.bind = [127, 0, 0, 1].into();
-    c.control_port = Some(0);
-    c.discovery_port = None;
     c
 }
 
 pub fn loopback_client(session: &str, server: SocketAddr, name: &str, sink: Sink) -> ClientConfig {
-    let mut c = ClientConfig::new(session, sink);
-    c.server = Some(ServerAddress { host: server.ip().to_string(), port: server.port() });
-    c.name = name.to_string();
-    c.bind = [127, 0, 0, 1].into();
-    c
+    ClientConfig::loopback(session, server, name, sink)
 }
 
 /// Starts one client per sink on its own thread, named node01, node02…
