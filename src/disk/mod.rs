@@ -42,11 +42,18 @@
 //! user-facing reference.
 
 mod desc;
+mod error;
 mod layout;
 mod sfdisk;
 mod size;
 mod types;
+pub mod blockdev;
+pub mod bootloader;
+pub mod mkfs;
+pub mod prepare;
+pub mod tool;
 
+pub use error::DiskError;
 pub use desc::{Desc, DescError, Partition, FIRST_LOGICAL, GPT_NAME_MAX, MBR_MAX_PRIMARIES};
 pub use layout::{Layout, LayoutError, Placed, ALIGN, GPT_BACKUP_SECTORS, MBR_MAX_SECTORS, SECTOR};
 pub use sfdisk::SFDISK_JSON_SOURCE;
