@@ -197,3 +197,51 @@ fn two_sessions_side_by_side_on_one_host() {
         assert_eq!(report.nodes.len(), 3);
     }
 }
+
+#[test]
+fn a_node_that_reports_only_counts_towards_n_and_is_listed() {
+    let data = pattern(3 * CHUNK_SIZE + 5, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::bind(loopback_server("withdraw", 3)).unwrap();
+    let addr = server.control_addr();
+    let sinks = (0..2).map(|i| Sink::File(dir.path().join(format!("n{i}")))).collect();
+    let clients = spawn_clients("withdraw", addr, sinks);
+    let quitter = thread::spawn(move || {
+        let c = kacast::session::Client::bind(loopback_client("withdraw", addr, "quitter", Sink::Discard));
+        c.unwrap().report_only(Err("formatting /dev/sda1 failed".into()))
+    });
+    let report = server.run(Input::Reader(Box::new(Cursor::new(data)))).unwrap();
+    quitter.join().unwrap().unwrap();
+    for c in clients {
+        assert!(c.join().unwrap().unwrap().ok());
+    }
+    assert_eq!(report.nodes.len(), 3, "{report:?}");
+    assert_eq!(report.ok_count(), 2);
+    let q = report.nodes.iter().find(|n| n.name == "quitter").unwrap();
+    assert_eq!((q.position, q.ok()), (0, false));
+    assert_eq!(q.error.as_deref(), Some("formatting /dev/sda1 failed"));
+    assert_eq!(report.exit_code(), 2);
+}
+
+#[test]
+fn a_session_whose_nodes_all_report_only_ends_without_its_input() {
+    let server = Server::bind(loopback_server("all-done", 2)).unwrap();
+    let addr = server.control_addr();
+    let nodes: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            thread::spawn(move || {
+                let c = kacast::session::Client::bind(loopback_client("all-done", addr, name, Sink::Discard));
+                c.unwrap().report_only(Ok(()))
+            })
+        })
+        .collect();
+    // An input that would fail if it were read: the session must not touch it.
+    let report = server.run(Input::Command("exit 7".into())).unwrap();
+    for n in nodes {
+        n.join().unwrap().unwrap();
+    }
+    assert_eq!(report.ok_count(), 2, "{report:?}");
+    assert_eq!(report.exit_code(), 0);
+    assert!(report.source_error.is_none());
+}

@@ -155,6 +155,10 @@ pub enum Role {
     Node = 1,
     /// `kacast go`: start the session now with the nodes already joined.
     Go = 2,
+    /// A node that only reports its result for the session, without a place
+    /// in the chain: it withdraws (its disk could not be prepared) or reports
+    /// the end of its install.
+    Report = 3,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,6 +332,7 @@ impl Frame {
                 let role = match f.u8("role")? {
                     1 => Role::Node,
                     2 => Role::Go,
+                    3 => Role::Report,
                     r => return Err(f.bad("role", r as u64)),
                 };
                 let data_port = f.u16("data_port")?;

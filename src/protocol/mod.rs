@@ -16,7 +16,7 @@ pub use error::ProtocolError;
 pub use frame::{
     Assign, End, Frame, Header, Hello, Kind, Offer, Report, Role, FLAG_TAG, HEADER_LEN, NONCE_LEN, TAG_LEN,
 };
-pub use wire::validate_session;
+pub use wire::{is_other_session, other_session, validate_session};
 
 /// Opens every hello payload: a stranger speaking another protocol on our port is
 /// recognised on its first bytes.

@@ -100,3 +100,15 @@ pub fn validate_session(name: &str) -> Result<(), ProtocolError> {
         None => Ok(()),
     }
 }
+
+/// The refusal a server sends a node that asks for another session. Installs
+/// run their sessions one after another on one port, so a node early for the
+/// next one recognises this refusal ([`is_other_session`]) and tries again.
+pub fn other_session(running: &str, asked: &str) -> String {
+    format!("this server runs session '{running}', not '{asked}'")
+}
+
+/// Whether a refusal is [`other_session`]'s.
+pub fn is_other_session(reason: &str) -> bool {
+    reason.starts_with("this server runs session '")
+}

@@ -23,7 +23,8 @@ use crate::chain::{
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{
-    validate_session, Assign, Frame, Hello, Report, Role, DEFAULT_CONTROL_PORT, DISCOVERY_PORT,
+    is_other_session, validate_session, Assign, Frame, Hello, Report, Role, DEFAULT_CONTROL_PORT,
+    DISCOVERY_PORT,
 };
 
 /// `--server HOST[:PORT]`, the port defaulting to the well-known control port.
@@ -86,6 +87,10 @@ pub struct ClientConfig {
     /// Silence from the server after which this node gives up and exits
     /// non-zero; also how long it waits to be reattached after losing its upstream.
     pub timeout: Duration,
+    /// Keep trying to join for this long instead of `tries` times: an install's
+    /// sessions run one after another, and a node done early with one waits for
+    /// the server to start the next.
+    pub wait: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -103,6 +108,7 @@ impl ClientConfig {
             discovery_port: DISCOVERY_PORT,
             key: None,
             timeout: DEFAULT_TIMEOUT,
+            wait: None,
         }
     }
 
@@ -279,6 +285,25 @@ impl Client {
             warn!("{why}");
         }
         Ok(ClientReport { name: c.name.clone(), position: index, total, outcome, duration })
+    }
+
+    /// Reports this node's result for the session without taking part in the
+    /// stream: `Err(why)` withdraws a node that cannot use it (the server stops
+    /// waiting for it and lists it ko), `Ok` reports a step done without data
+    /// (the end of an install).
+    pub fn report_only(self, result: std::result::Result<(), String>) -> Result<()> {
+        let c = &self.config;
+        let (mut control, _) = join(c, Role::Report, 0)?;
+        let error = result.err();
+        let report = Report { bytes: 0, hash_ok: error.is_none(), sink_status: None, duration_ms: 0, error };
+        control.write_frame(&Frame::Report(report))?;
+        // The server closes the connection once the report is recorded.
+        control.set_read_timeout(Some(c.timeout))?;
+        match control.read_frame() {
+            Ok(None) => Ok(()),
+            Ok(Some(other)) => Err(control.unexpected(&other, "after a report")),
+            Err(e) => Err(lost(e, c.timeout)),
+        }
     }
 
     /// Receives the whole stream into the ring, reattaching wherever the server
@@ -503,8 +528,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Returns the control connection and the node id the server gave us.
 fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32)> {
-    for attempt in 1..=c.tries {
-        let last = attempt == c.tries;
+    let deadline = c.wait.map(|w| Instant::now() + w);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = match deadline {
+            Some(d) => Instant::now() >= d,
+            None => attempt >= c.tries,
+        };
+        let tries = match deadline {
+            Some(_) => "until its start".to_string(),
+            None => format!("{attempt}/{}", c.tries),
+        };
         let found = match &c.server {
             Some(addr) => resolve(addr),
             None => discover(&c.session, c.discovery_port, c.retry_interval)?
@@ -513,11 +548,13 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
         let addr = match found {
             Ok(a) => a,
             Err(why) => {
-                warn!(
-                    "kacast server for session '{}' not found (try {attempt}/{}): {why}",
-                    c.session, c.tries
-                );
-                if !last && c.server.is_some() {
+                if deadline.is_none() || attempt == 1 {
+                    warn!("kacast server for session '{}' not found (try {tries}): {why}", c.session);
+                }
+                if last {
+                    break;
+                }
+                if c.server.is_some() {
                     thread::sleep(c.retry_interval);
                 }
                 continue;
@@ -526,13 +563,13 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
         let mut conn = match Connection::connect(addr, Duration::from_secs(5)) {
             Ok(conn) => conn,
             Err(e) => {
-                warn!(
-                    "kacast server for session '{}' not reachable (try {attempt}/{}): {e}",
-                    c.session, c.tries
-                );
-                if !last {
-                    thread::sleep(c.retry_interval);
+                if deadline.is_none() || attempt == 1 {
+                    warn!("kacast server for session '{}' not reachable (try {tries}): {e}", c.session);
                 }
+                if last {
+                    break;
+                }
+                thread::sleep(c.retry_interval);
                 continue;
             }
         };
@@ -551,11 +588,17 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
                 conn.set_read_timeout(None)?;
                 Ok((conn, node_id))
             }
+            // The server is still on the previous session of an install.
+            Frame::Refuse { reason } if deadline.is_some() && !last && is_other_session(&reason) => {
+                debug!("{reason}: waiting for session '{}'", c.session);
+                thread::sleep(c.retry_interval);
+                continue;
+            }
             Frame::Refuse { reason } => Err(Error::Refused(reason)),
             other => Err(conn.unexpected(&other, "instead of a welcome")),
         };
     }
-    Err(Error::NoServer { session: c.session.clone(), tries: c.tries })
+    Err(Error::NoServer { session: c.session.clone(), tries: attempt })
 }
 
 fn resolve(addr: &ServerAddress) -> std::result::Result<SocketAddr, String> {

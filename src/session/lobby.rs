@@ -45,6 +45,11 @@ pub(crate) struct LobbyState {
     pub started: bool,
     pub started_at: Option<Instant>,
     pub results: HashMap<u32, NodeResult>,
+    /// Nodes that reported before the start instead of taking a place in the
+    /// chain: a node that cannot use this stream (its disk failed to format, it
+    /// refused the plan) or that only reports the end of its install. They count
+    /// towards `-n`, so the server does not wait for them.
+    pub withdrawn: Vec<NodeResult>,
     /// The server's own relay (chain position 0), once streaming.
     pub relay: Option<Arc<Relay>>,
     pub data_port: u16,
@@ -175,7 +180,7 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     };
     let Hello { session, name, role, data_port, nonce } = hello;
     if session != lobby.session {
-        let reason = format!("this server runs session '{}', not '{session}'", lobby.session);
+        let reason = crate::protocol::other_session(&lobby.session, &session);
         let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
         return Err(Error::Refused(reason));
     }
@@ -192,6 +197,9 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
         lobby.changed.notify_all();
         conn.write_frame(&Frame::Welcome { node_id: 0 })?;
         return Ok(());
+    }
+    if role == Role::Report {
+        return report_only(&mut conn, lobby, &name);
     }
     let id = join(&mut conn, lobby, name.clone(), data_port)?;
     lobby.changed.notify_all();
@@ -231,6 +239,48 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     Ok(())
 }
 
+/// A node that reports its result for this session without taking part in
+/// the stream (see [`LobbyState::withdrawn`]).
+fn report_only(conn: &mut Connection, lobby: &Lobby, name: &str) -> Result<()> {
+    {
+        let st = lobby.lock();
+        if st.members.iter().any(|m| m.name == name) || st.withdrawn.iter().any(|w| w.name == name) {
+            let reason = format!("a node named '{name}' has already joined session '{}'", lobby.session);
+            let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
+            return Err(Error::Refused(reason));
+        }
+    }
+    conn.write_frame(&Frame::Welcome { node_id: 0 })?;
+    conn.set_read_timeout(Some(lobby.timeout))?;
+    let report = match conn.read_frame()? {
+        Some(Frame::Report(r)) => r,
+        Some(other) => return Err(conn.unexpected(&other, "instead of its report")),
+        None => return Err(Error::Aborted(format!("node '{name}' left before its report"))),
+    };
+    let mut st = lobby.lock();
+    withdraw(&mut st, name, conn.peer_addr().ok(), report);
+    drop(st);
+    lobby.changed.notify_all();
+    Ok(())
+}
+
+fn withdraw(st: &mut LobbyState, name: &str, peer: Option<SocketAddr>, r: Report) {
+    match &r.error {
+        Some(why) => warn!("node '{name}' withdrew: {why}"),
+        None => info!("node '{name}' reported without taking part in the stream"),
+    }
+    st.withdrawn.push(NodeResult {
+        name: name.to_string(),
+        address: peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+        position: 0,
+        bytes: r.bytes,
+        hash_ok: r.hash_ok,
+        sink_status: r.sink_status,
+        duration_s: r.duration_ms as f64 / 1000.0,
+        error: r.error,
+    });
+}
+
 fn join(conn: &mut Connection, lobby: &Lobby, name: String, data_port: u16) -> Result<u32> {
     let peer = conn.peer_addr().context(|| "peer address".into())?;
     let server_ip = conn.local_addr().context(|| "local address".into())?.ip();
@@ -238,7 +288,7 @@ fn join(conn: &mut Connection, lobby: &Lobby, name: String, data_port: u16) -> R
     let mut st = lobby.lock();
     let refuse = if st.started {
         Some(format!("session '{}' has already started; late nodes are refused", lobby.session))
-    } else if st.members.iter().any(|m| m.name == name) {
+    } else if st.members.iter().any(|m| m.name == name) || st.withdrawn.iter().any(|w| w.name == name) {
         Some(format!("a node named '{name}' has already joined session '{}' (use --name)", lobby.session))
     } else {
         None

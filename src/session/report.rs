@@ -12,7 +12,8 @@ use crate::error::{IoContext, Result};
 pub struct NodeResult {
     pub name: String,
     pub address: String,
-    /// 1-based chain position.
+    /// 1-based chain position; 0 for a node that reported before the start
+    /// without taking part in the stream.
     pub position: usize,
     pub bytes: u64,
     pub hash_ok: bool,

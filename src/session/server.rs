@@ -237,6 +237,19 @@ impl Server {
         st.started = true;
         let started_at = Instant::now();
         st.started_at = Some(started_at);
+        if st.members.is_empty() {
+            // Every node reported without a place in the chain: nothing to stream.
+            info!("session '{}': no node takes the stream", self.config.session);
+            return Ok(SessionReport {
+                session: self.config.session.clone(),
+                bytes: 0,
+                hash: None,
+                source_error: None,
+                transfer_s: 0.0,
+                pipeline_emptied_s: 0.0,
+                nodes: std::mem::take(&mut st.withdrawn),
+            });
+        }
         let candidates: Vec<Candidate> = st
             .members
             .iter()
@@ -320,6 +333,7 @@ impl Server {
         let last_report = Instant::now();
         let mut nodes: Vec<NodeResult> = st.results.values().cloned().collect();
         nodes.sort_by_key(|r| r.position);
+        nodes.append(&mut st.withdrawn);
         // Release the nodes: they kept relaying until now for late orphans.
         for m in st.members.iter_mut() {
             let _ = m.writer.write_frame(&Frame::Bye);
@@ -358,7 +372,7 @@ impl Server {
         let up = Instant::now();
         let mut st = self.lobby.lock();
         loop {
-            let joined = st.members.len();
+            let joined = st.members.len() + st.withdrawn.len();
             let enough = self.config.nodes.is_some_and(|n| joined >= n);
             let go = st.go && joined >= 1;
             let timer =
