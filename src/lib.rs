@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod chain;
+pub mod clone;
 pub mod connection;
 pub mod demo;
 pub mod disk;

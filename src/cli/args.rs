@@ -30,6 +30,131 @@ pub enum Cmd {
     Demo(DemoArgs),
     /// Print a disk's desc (ka's fdisk_to_desc), or check a desc file against a disk size
     Desc(DescArgs),
+    /// Golden node: clone this system onto N nodes (ka-d.sh -n N -p sda desc)
+    Clone(CloneArgs),
+    /// Node: join an install, partition, format, receive, restore the bootloader
+    Install(InstallArgs),
+}
+
+/// ka-d.sh's options, with kacast's additions.
+#[derive(Args)]
+pub struct CloneArgs {
+    /// Number of nodes to wait for
+    #[arg(short, long)]
+    pub nodes: usize,
+    /// Partition DISK on the nodes from DESC instead of the golden table (repeatable)
+    #[arg(short = 'p', long = "desc", num_args = 2, value_names = ["DISK", "DESC"], action = clap::ArgAction::Append)]
+    pub desc: Vec<String>,
+    /// Send DIR empty; it is recreated with its mode and owner (repeatable)
+    #[arg(short = 'x', long = "exclude", value_name = "DIR")]
+    pub exclude: Vec<PathBuf>,
+    /// Leave out the disks whose name matches this regular expression ('sdb|sdc')
+    #[arg(short = 'X', long = "leave-out", value_name = "REGEX")]
+    pub leave_out: Option<String>,
+    /// Also send this partition as a raw image (repeatable)
+    #[arg(short = 'D', long = "raw", value_name = "PART")]
+    pub raw: Vec<PathBuf>,
+    /// Bootloader on the nodes: 'grub [initramfs options]' or 'none'
+    #[arg(short = 'r', long = "bootloader", default_value = "grub")]
+    pub bootloader: String,
+    /// Firmware the nodes boot with (default: uefi when an ESP is mounted here)
+    #[arg(long, value_parser = ["bios", "uefi"])]
+    pub firmware: Option<String>,
+    /// Root of the golden system to clone
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Give every node fresh filesystem UUIDs (fstab, crypttab and grub.cfg follow)
+    #[arg(long)]
+    pub new_uuids: bool,
+    /// Keep the golden SSH host keys on the nodes instead of new ones
+    #[arg(long)]
+    pub keep_ssh_host_keys: bool,
+    /// File of 'NODE HOSTNAME' lines: the hostname each node gets
+    #[arg(long, value_name = "FILE")]
+    pub hostnames: Option<PathBuf>,
+    /// Nodes not in --hostnames take the name they joined with as hostname
+    #[arg(long)]
+    pub hostname_from_node: bool,
+    /// Print the plan and stop
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Base name of the install's sessions (BASE1 plan, BASE2 files, BASE3… raw, BASE-end)
+    #[arg(short, long, default_value = "kainstall")]
+    pub session: String,
+    /// Seconds each later step waits for nodes still busy with the previous one
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub phase_timeout: f64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Write the whole report as JSON
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// How the golden node serves each session.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Chain order: ip, join or file:PATH
+    #[arg(long, default_value = "ip")]
+    pub order: String,
+    /// Children per node: 1 is a chain (best), up to 4 builds a tree
+    #[arg(long, default_value_t = 1)]
+    pub arity: usize,
+    /// Session key: nodes must hold the same, and every frame is authenticated
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Control TCP port (default: 30765 when free, else any)
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// Do not answer discovery broadcasts (nodes then need --server)
+    #[arg(long)]
+    pub no_discovery: bool,
+    /// Seconds after which a silent or stalling node is declared dead and bypassed
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+}
+
+#[derive(Args)]
+pub struct InstallArgs {
+    /// Base name of the install's sessions, as given to kacast clone
+    #[arg(short, long, default_value = "kainstall")]
+    pub session: String,
+    /// Server HOST[:PORT] (default: find it by UDP broadcast)
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
+    /// Name of this node in the chain and the report (default: hostname)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write the plan's disk NAME to DEVICE instead of /dev/NAME (repeatable)
+    #[arg(long = "disk", value_name = "NAME=DEVICE")]
+    pub disks: Vec<String>,
+    /// Where the clone is mounted while it is written
+    #[arg(long, default_value = "/mnt/kacast")]
+    pub root: PathBuf,
+    /// Attempts to find the server for the plan (ka's stage1 made 5)
+    #[arg(long, default_value_t = 5)]
+    pub tries: u32,
+    /// Session key, the same file as the golden node's
+    #[arg(long, value_name = "FILE", conflicts_with = "key_from_cmdline")]
+    pub key_file: Option<PathBuf>,
+    /// Take the session key from `kacast.key=` on the kernel command line
+    #[arg(long)]
+    pub key_from_cmdline: bool,
+    /// Address to listen on for this node's children
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// Seconds of silence from the server after which this node gives up
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Seconds to wait for each later step's session to start
+    #[arg(long, default_value_t = 900.0, value_name = "SECS")]
+    pub phase_timeout: f64,
+    /// Directory for the plan while it is checked
+    #[arg(long, default_value = "/tmp/kacast")]
+    pub work_dir: PathBuf,
 }
 
 #[derive(Args)]

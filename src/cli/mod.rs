@@ -2,6 +2,7 @@
 //! the library. Nothing here that another program embedding kacast would need.
 
 mod args;
+mod clone;
 mod progress;
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub fn main() -> i32 {
         Cmd::Go(a) => go(a.locate),
         Cmd::Demo(a) => run_demo(a),
         Cmd::Desc(a) => desc(a),
+        Cmd::Clone(a) => clone::run_clone(a),
+        Cmd::Install(a) => clone::run_install(a),
     };
     match result {
         Ok(code) => code,
@@ -110,7 +113,13 @@ fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
     c.tries = l.tries;
     c.retry_interval = seconds(l.retry_interval, "--retry-interval")?;
     c.discovery_port = l.discovery_port;
-    c.key = match (&l.key_file, l.key_from_cmdline) {
+    c.key = key(l.key_file.as_deref(), l.key_from_cmdline)?;
+    Ok(c)
+}
+
+/// The session key from `--key-file` or `--key-from-cmdline`, if any.
+fn key(file: Option<&std::path::Path>, from_cmdline: bool) -> Result<Option<Key>> {
+    Ok(match (file, from_cmdline) {
         (Some(path), _) => Some(Key::from_file(path)?),
         (None, true) => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").context("read /proc/cmdline")?;
@@ -120,8 +129,7 @@ fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
             }
         }
         (None, false) => None,
-    };
-    Ok(c)
+    })
 }
 
 fn client(a: ClientArgs) -> Result<i32> {
@@ -177,15 +185,8 @@ fn desc(a: DescArgs) -> Result<i32> {
         return Ok(0);
     }
     let device = a.device.expect("clap requires a device or --check");
-    let out = std::process::Command::new("sfdisk")
-        .arg("--json")
-        .arg(&device)
-        .output()
-        .context("cannot run sfdisk (install util-linux's fdisk package)")?;
-    if !out.status.success() {
-        bail!("sfdisk --json {}: {}", device.display(), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let desc = Desc::from_sfdisk_json(&String::from_utf8_lossy(&out.stdout))?;
+    let json = kacast::disk::blockdev::table_json_of(&device)?;
+    let desc = Desc::from_sfdisk_json(&json)?;
     println!("# desc of {}, by kacast desc", device.display());
     print!("{desc}");
     Ok(0)

@@ -41,21 +41,27 @@
 //! `linux-root-x86-64` = 83) and `bios-boot` is refused. `docs/DESC.md` is the
 //! user-facing reference.
 
-mod desc;
-mod error;
-mod layout;
-mod sfdisk;
-mod size;
-mod types;
+pub mod apply;
 pub mod blockdev;
 pub mod bootloader;
+mod desc;
+mod error;
+mod fstab;
+pub mod golden;
+mod layout;
 pub mod mkfs;
+pub mod plan;
 pub mod prepare;
+mod sfdisk;
+mod size;
+pub mod tar;
 pub mod tool;
+mod types;
 
-pub use error::DiskError;
 pub use desc::{Desc, DescError, Partition, FIRST_LOGICAL, GPT_NAME_MAX, MBR_MAX_PRIMARIES};
+pub use error::DiskError;
 pub use layout::{Layout, LayoutError, Placed, ALIGN, GPT_BACKUP_SECTORS, MBR_MAX_SECTORS, SECTOR};
+pub use plan::{BootKind, BootPlan, Excluded, Plan, PlanDisk, PlanError, PlanFs, PreparePlan, RawPartition};
 pub use sfdisk::SFDISK_JSON_SOURCE;
 pub use size::{Size, MIB};
 pub use types::{Guid, Label, PartType, GPT_MAX_PARTITIONS, MBR_EXTENDED};

@@ -57,9 +57,11 @@ pub fn run_command(mut cmd: Command, tool: &str, target: &str, stdin: Option<&[u
         // A tool that exits early closes its stdin; its exit status says why.
         let _ = pipe.write_all(input);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| DiskError::Tool { tool: tool.into(), target: target.into(), detail: e.to_string() })?;
+    let out = child.wait_with_output().map_err(|e| DiskError::Tool {
+        tool: tool.into(),
+        target: target.into(),
+        detail: e.to_string(),
+    })?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }

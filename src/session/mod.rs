@@ -16,7 +16,7 @@ mod report;
 mod server;
 mod stats;
 
-pub use client::{go, Client, ClientConfig, ClientReport, ServerAddress, DEFAULT_TIMEOUT};
+pub use client::{go, hostname, Client, ClientConfig, ClientReport, ServerAddress, DEFAULT_TIMEOUT};
 pub use discovery::{discover, DiscoveryResponder};
 pub use input::Input;
 pub use order::{read_node_file, tree_parent, Order};

@@ -1,6 +1,10 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod disks;
+pub mod fidelity;
+pub mod tree;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,23 @@
+//! Cloning a golden node onto a rack: the install's sessions, end to end.
+//!
+//! The golden node ([`run_golden`], `kacast clone`) and every node
+//! ([`install`], `kacast install`) walk the same sessions in order, as
+//! ka-deploy's kainstall1, kainstall2, kainstallK did:
+//!
+//! | session          | carries                  | a node then                                  |
+//! |------------------|--------------------------|----------------------------------------------|
+//! | `{base}1`        | the [plan](crate::disk::Plan) | checks it on its disks, partitions, formats, mounts |
+//! | `{base}2`        | tar of the filesystems   | extracts it into the mounted root            |
+//! | `{base}3`…       | one raw partition each   | writes it to its partition                   |
+//! | `{base}-end`     | nothing                  | reports the end of its install               |
+//!
+//! A node that cannot go on (it refused the plan, its disk failed to format)
+//! withdraws from the next session with a report naming the step, and the
+//! golden node stops waiting for it. The golden node's [`CloneReport`] gives
+//! every node's last step and why it failed.
+
+mod golden;
+mod node;
+
+pub use golden::{run_golden, CloneConfig, CloneReport, NodeStatus};
+pub use node::{install, InstallConfig, InstallOutcome};

@@ -1,0 +1,197 @@
+//! `kacast install`: a node's side of an install (what the initrd runs once
+//! it has a network).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::chain::Sink;
+use crate::disk::apply::{self, DiskMap, Mounted};
+use crate::disk::golden::Sessions;
+use crate::disk::Plan;
+use crate::error::{Error, Result};
+use crate::session::{Client, ClientConfig};
+
+#[derive(Debug, Clone)]
+pub struct InstallConfig {
+    /// How to reach the golden node, this node's name, key, timeouts; the
+    /// session name is set per session.
+    pub client: ClientConfig,
+    pub sessions: Sessions,
+    /// Where the clone is mounted while it is written (`/mnt/kacast`).
+    pub root: PathBuf,
+    pub disks: DiskMap,
+    /// How long to wait for each session after the first to start: the
+    /// golden node starts it once the slowest node is done with the step before.
+    pub phase_timeout: Duration,
+    /// Where the plan is kept while it is checked.
+    pub work_dir: PathBuf,
+}
+
+/// What happened on this node.
+#[derive(Debug, Clone)]
+pub struct InstallOutcome {
+    /// What was done, step by step.
+    pub log: Vec<String>,
+    /// `None` when the node is a working clone.
+    pub error: Option<String>,
+}
+
+/// Runs the install on this node. An `Err` means the node could not even take
+/// part (no server, no plan); a failed step is an [`InstallOutcome`] with an
+/// error, already reported to the golden node.
+pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
+    let s = &config.sessions;
+    let mut log = Vec::new();
+    let mut say = |line: &str| {
+        info!("{line}");
+        log.push(line.to_string());
+    };
+    // 1. The plan.
+    std::fs::create_dir_all(&config.work_dir)
+        .map_err(|e| Error::Config(format!("{}: {e}", config.work_dir.display())))?;
+    let plan_file = config.work_dir.join("plan.json");
+    let received = Client::bind(client(config, &s.plan(), Sink::File(plan_file.clone()), false))?.run()?;
+    if !received.ok() {
+        return Err(Error::Aborted(format!(
+            "plan not received: {}",
+            received.outcome.error.unwrap_or_default()
+        )));
+    }
+    let bytes =
+        std::fs::read(&plan_file).map_err(|e| Error::Config(format!("{}: {e}", plan_file.display())))?;
+    let mut next = Next::new(config, &[]);
+    let plan = match Plan::parse(&bytes) {
+        Ok(p) => p,
+        Err(e) => return next.withdraw(format!("{e}"), log),
+    };
+    say(&format!(
+        "plan from {}: {} disks, {} filesystems",
+        plan.golden,
+        plan.disks.len(),
+        plan.filesystems.len()
+    ));
+    next = Next::new(config, &plan.raw.iter().map(|r| r.session.clone()).collect::<Vec<_>>());
+    if plan.tree_session.is_none() {
+        next.sessions.retain(|x| *x != s.tree());
+    }
+    // 2. Check, then partition, format, mount.
+    let checked = match apply::check(plan, &config.disks, &config.root, &config.client.name) {
+        Ok(c) => c,
+        Err(e) => return next.withdraw(format!("checking the plan: {e}"), log),
+    };
+    say("plan checked against this node's disks: nothing written yet");
+    let mut step = String::new();
+    let mounted = apply::prepare_disks(checked, &mut |p| {
+        info!("{p}");
+        step = p.to_string();
+    });
+    let mut mounted = match mounted {
+        Ok(m) => m,
+        Err(e) => return next.withdraw(format!("{step}: {e}"), log),
+    };
+    say("disks partitioned, formatted and mounted");
+    // 3. The streams.
+    let plan = mounted.checked.plan.clone();
+    if let Some(tree) = &plan.tree_session {
+        let sink = Sink::Command(crate::disk::tar::extract_command(&mounted.checked.root));
+        if let Err(e) = receive(config, next.take(), tree, sink) {
+            return Ok(failed(&mut mounted, format!("receiving the filesystems: {e}"), log));
+        }
+        say("filesystems received and extracted");
+    }
+    for r in &plan.raw {
+        let sink = Sink::File(mounted.raw_device(&r.disk, r.partition));
+        if let Err(e) = receive(config, next.take(), &r.session, sink) {
+            return Ok(failed(&mut mounted, format!("receiving raw partition {}: {e}", r.partition), log));
+        }
+        say(&format!("raw image of {} partition {} written", r.disk, r.partition));
+    }
+    // 4. Finish, unmount, report.
+    let finished = mounted.finish(&mut |p| {
+        info!("{p}");
+        step = p.to_string();
+    });
+    let result = match finished {
+        Ok(lines) => {
+            log.extend(lines);
+            mounted.unmount_all().map_err(|e| format!("unmounting: {e}"))
+        }
+        Err(e) => Err(format!("{step}: {e}")),
+    };
+    drop(mounted);
+    let end = Client::bind(client(config, &s.end(), Sink::Discard, true))?;
+    end.report_only(result.clone())?;
+    match result {
+        Ok(()) => {
+            log.push("install done".into());
+            Ok(InstallOutcome { log, error: None })
+        }
+        Err(e) => Ok(InstallOutcome { log, error: Some(e) }),
+    }
+}
+
+/// The sessions still ahead of this node, so that a failure is reported to
+/// the next one (the golden node waits for this node there).
+struct Next<'a> {
+    config: &'a InstallConfig,
+    sessions: Vec<String>,
+}
+
+impl<'a> Next<'a> {
+    fn new(config: &'a InstallConfig, raw: &[String]) -> Next<'a> {
+        let s = &config.sessions;
+        let mut sessions = vec![s.tree()];
+        sessions.extend(raw.iter().cloned());
+        sessions.push(s.end());
+        Next { config, sessions }
+    }
+
+    /// The next session, which this node now takes part in.
+    fn take(&mut self) -> String {
+        self.sessions.remove(0)
+    }
+
+    /// Leaves the install before any data: tells the next session why.
+    fn withdraw(mut self, why: String, log: Vec<String>) -> Result<InstallOutcome> {
+        warn!("{why}");
+        let session = self.take();
+        Client::bind(client(self.config, &session, Sink::Discard, true))?.report_only(Err(why.clone()))?;
+        Ok(InstallOutcome { log, error: Some(why) })
+    }
+}
+
+fn client(config: &InstallConfig, session: &str, sink: Sink, later: bool) -> ClientConfig {
+    let mut c = config.client.clone();
+    c.session = session.to_string();
+    c.sink = sink;
+    if later {
+        c.wait = Some(config.phase_timeout);
+    }
+    c
+}
+
+/// Takes part in a data session; the golden node learns the outcome from it.
+fn receive(
+    config: &InstallConfig,
+    expected: String,
+    session: &str,
+    sink: Sink,
+) -> std::result::Result<(), String> {
+    debug_assert_eq!(expected, session);
+    let report =
+        Client::bind(client(config, session, sink, true)).and_then(Client::run).map_err(|e| e.to_string())?;
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(report.outcome.error.unwrap_or_else(|| "stream hash mismatch".into()))
+    }
+}
+
+fn failed(mounted: &mut Mounted, why: String, mut log: Vec<String>) -> InstallOutcome {
+    warn!("{why}");
+    let _ = mounted.unmount_all();
+    log.push(why.clone());
+    InstallOutcome { log, error: Some(why) }
+}

@@ -1,0 +1,395 @@
+//! Carrying out a plan on a node: ka_replication.sh, in three steps with a
+//! check before the first.
+//!
+//! 1. [`check`]: the whole plan against this node's disks and tools. Nothing
+//!    is written; a refusal leaves every disk as it was.
+//! 2. [`prepare_disks`]: wipe, partition, make the filesystems (keeping the
+//!    golden UUIDs and labels unless the plan asks for new ones), mount them
+//!    under the target root in order.
+//! 3. After the streams: [`Mounted::finish`] recreates excluded directories,
+//!    rewrites UUID references, makes the node distinct and restores the
+//!    bootloader; dropping [`Mounted`] unmounts everything.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use super::blockdev::{self, Disk};
+use super::bootloader::{self, Firmware, GrubTarget};
+use super::error::{DiskError, Result};
+use super::layout::Layout;
+use super::mkfs;
+use super::plan::{BootKind, Plan, PlanFs};
+use super::prepare::{self, Prepare};
+use super::tool;
+use super::types::{Guid, Label, PartType};
+
+/// The GPT type of the partition BIOS grub embeds its core image in.
+const BIOS_BOOT_GUID: &str = "21686148-6449-6E6F-744E-656564454649";
+use crate::size::human;
+
+/// Where a plan's disk names land on this node: `sda` is `/dev/sda` unless
+/// mapped (`--disk sda=/dev/vdb`) — a rack's disks need not be named like the
+/// golden node's.
+#[derive(Debug, Clone, Default)]
+pub struct DiskMap(pub BTreeMap<String, PathBuf>);
+
+impl DiskMap {
+    pub fn device(&self, name: &str) -> PathBuf {
+        self.0.get(name).cloned().unwrap_or_else(|| PathBuf::from(format!("/dev/{name}")))
+    }
+
+    /// Parses one `NAME=DEVICE` argument.
+    pub fn add(&mut self, arg: &str) -> Result<()> {
+        match arg.split_once('=') {
+            Some((name, dev)) if !name.is_empty() && dev.starts_with('/') => {
+                self.0.insert(name.trim_start_matches("/dev/").to_string(), dev.into());
+                Ok(())
+            }
+            _ => {
+                Err(DiskError::Other(format!("--disk '{arg}': expected NAME=/dev/DEVICE, e.g. sda=/dev/vdb")))
+            }
+        }
+    }
+}
+
+/// A plan found feasible on this node.
+#[derive(Debug)]
+pub struct Checked {
+    pub plan: Plan,
+    pub root: PathBuf,
+    pub disks: BTreeMap<String, (Disk, Layout)>,
+    pub firmware: Firmware,
+    /// This node's hostname, when the plan sets one.
+    pub hostname: Option<String>,
+}
+
+/// Checks the whole plan on this node, writing nothing: every disk exists, is
+/// not in use and is large enough for its desc; every tool is installed; every
+/// UUID and label can be given; the bootloader has what it needs.
+pub fn check(plan: Plan, map: &DiskMap, root: &Path, node: &str) -> Result<Checked> {
+    plan.check().map_err(|e| DiskError::Plan(e.0))?;
+    let descs = plan.descs().map_err(|e| DiskError::Plan(e.0))?;
+    tool::require("sfdisk", "partition the disks")?;
+    tool::require("wipefs", "wipe old signatures")?;
+    if plan.tree_session.is_some() {
+        tool::require("tar", "extract the filesystems")?;
+    }
+    let mut disks = BTreeMap::new();
+    for (name, desc) in &descs {
+        let dev = map.device(name);
+        let disk = Disk::open(&dev)?;
+        disk.ensure_unused()?;
+        let layout = desc.layout(disk.bytes).map_err(|e| {
+            DiskError::Plan(format!("disk {name} ({}, {}): {e}", dev.display(), human(disk.bytes)))
+        })?;
+        disks.insert(name.to_string(), (disk, layout));
+    }
+    for fs in &plan.filesystems {
+        // With --new-uuids the node makes its own, so only the type and label matter.
+        let uuid = if plan.new_uuids { None } else { fs.uuid.as_deref() };
+        mkfs::check(&fs.fstype, uuid, fs.label.as_deref())
+            .map_err(|e| DiskError::Plan(format!("{}: {e}", describe(fs))))?;
+    }
+    for r in &plan.raw {
+        let (_, layout) = &disks[&r.disk];
+        let placed =
+            layout.partitions.iter().find(|p| p.number == r.partition).expect("checked by Plan::check");
+        let room = placed.size * super::layout::SECTOR;
+        if room < r.bytes {
+            return Err(DiskError::Plan(format!(
+                "raw image of {} partition {} is {} but the partition is {} on this node",
+                r.disk,
+                r.partition,
+                human(r.bytes),
+                human(room)
+            )));
+        }
+    }
+    check_root(root)?;
+    let firmware = plan.bootloader.firmware.unwrap_or(if esp(&plan).is_some() {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    });
+    if plan.bootloader.kind == BootKind::Grub {
+        check_bootloader(&plan, &disks, firmware)?;
+    }
+    let hostname = plan
+        .prepare
+        .hostnames
+        .get(node)
+        .cloned()
+        .or_else(|| plan.prepare.hostname_from_node.then(|| node.to_string()));
+    if let Some(h) = &hostname {
+        if !prepare::valid_hostname(h) {
+            return Err(DiskError::Plan(format!("node name '{h}' is not a valid hostname")));
+        }
+    }
+    Ok(Checked { plan, root: root.to_path_buf(), disks, firmware, hostname })
+}
+
+fn describe(fs: &PlanFs) -> String {
+    match &fs.mount_point {
+        Some(m) => format!("filesystem {m} ({} partition {})", fs.disk, fs.partition),
+        None => format!("{} on {} partition {}", fs.fstype, fs.disk, fs.partition),
+    }
+}
+
+fn esp(plan: &Plan) -> Option<&PlanFs> {
+    ["/boot/efi", "/efi"].into_iter().find_map(|m| plan.filesystem_at(m)).filter(|f| f.fstype == "vfat")
+}
+
+/// The target root must not already hold mounts: they would be hidden, or
+/// written over.
+fn check_root(root: &Path) -> Result<()> {
+    if !root.is_absolute() {
+        return Err(DiskError::Other(format!("target root {} must be an absolute path", root.display())));
+    }
+    let inside: Vec<String> = blockdev::mounts()?
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(root))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    if inside.is_empty() {
+        Ok(())
+    } else {
+        Err(DiskError::Other(format!(
+            "target root {} already has mounts: {}",
+            root.display(),
+            inside.join(", ")
+        )))
+    }
+}
+
+fn check_bootloader(plan: &Plan, disks: &BTreeMap<String, (Disk, Layout)>, firmware: Firmware) -> Result<()> {
+    let name = plan.bootloader.disk.as_deref().expect("checked by Plan::check");
+    let (_, layout) = &disks[name];
+    match firmware {
+        Firmware::Uefi if esp(plan).is_none() => Err(DiskError::Plan(
+            "UEFI boot needs an EFI system partition mounted on /boot/efi or /efi (vfat)".into(),
+        )),
+        Firmware::Bios if layout.label == Label::Gpt && bios_boot(layout).is_none() => Err(DiskError::Plan(
+            format!("BIOS boot from the GPT disk {name} needs a bios-boot partition for grub's core image"),
+        )),
+        _ => Ok(()),
+    }
+    .and_then(|()| {
+        let tools: &[&str] = match firmware {
+            Firmware::Bios => &["grub-mkimage"],
+            Firmware::Uefi => &["grub-mkimage"],
+        };
+        // The clone's own grub-install is preferred; the stage2's tools are the
+        // fallback, and the only way on a loop device.
+        for t in tools {
+            tool::require(t, "restore the bootloader")?;
+        }
+        Ok(())
+    })
+}
+
+fn bios_boot(layout: &Layout) -> Option<(u64, u64)> {
+    let bios = PartType::Gpt(Guid::parse(BIOS_BOOT_GUID).expect("a valid GUID"));
+    layout.partitions.iter().find(|p| p.ptype == bios).map(|p| (p.start, p.size))
+}
+
+/// A node whose disks are partitioned, formatted and mounted under the root.
+/// Dropping it unmounts everything (children first).
+#[derive(Debug)]
+pub struct Mounted {
+    pub checked: Checked,
+    /// Mount points in mount order.
+    mounts: Vec<PathBuf>,
+    /// Golden UUID → the node's, when the plan asks for new UUIDs.
+    pub new_uuids: Vec<(String, String)>,
+    /// The UUID each filesystem got, by (disk, partition).
+    uuids: BTreeMap<(String, u32), String>,
+}
+
+/// Wipes, partitions and formats every disk of the plan, then mounts the
+/// filesystems under the root. `phase` is told each step as it starts.
+pub fn prepare_disks(c: Checked, phase: &mut dyn FnMut(&str)) -> Result<Mounted> {
+    for (name, (disk, layout)) in &c.disks {
+        phase(&format!("partitioning {name} ({})", disk.path.display()));
+        disk.wipe()?;
+        disk.write_table(layout)?;
+    }
+    let mut new_uuids = Vec::new();
+    let mut uuids = BTreeMap::new();
+    for fs in &c.plan.filesystems {
+        let (disk, _) = &c.disks[&fs.disk];
+        let dev = disk.partition_path(fs.partition);
+        let uuid = match (&fs.uuid, c.plan.new_uuids) {
+            (Some(old), true) => {
+                let new = mkfs::new_uuid(&fs.fstype);
+                new_uuids.push((old.clone(), new.clone()));
+                Some(new)
+            }
+            (old, _) => old.clone(),
+        };
+        phase(&format!("formatting {} as {}", dev.display(), fs.fstype));
+        mkfs::make(&dev, &fs.fstype, uuid.as_deref(), fs.label.as_deref())?;
+        if let Some(u) = uuid {
+            uuids.insert((fs.disk.clone(), fs.partition), u);
+        }
+    }
+    let mut m = Mounted { checked: c, mounts: Vec::new(), new_uuids, uuids };
+    let order: Vec<PlanFs> = m.checked.plan.mount_order().into_iter().cloned().collect();
+    for fs in order {
+        let mp = fs.mount_point.as_deref().expect("mount_order has no swap");
+        let dir = m.target(mp);
+        let dev = m.checked.disks[&fs.disk].0.partition_path(fs.partition);
+        phase(&format!("mounting {} on {}", dev.display(), dir.display()));
+        fs::create_dir_all(&dir).map_err(|e| DiskError::io(format!("create {}", dir.display()), e))?;
+        mount(&dev, &dir, &fs.fstype)?;
+        m.mounts.push(dir);
+    }
+    Ok(m)
+}
+
+/// The target path of an absolute path of the clone.
+fn under(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+fn mount(dev: &Path, dir: &Path, fstype: &str) -> Result<()> {
+    // Two filesystems with one UUID cannot both be mounted under XFS; the
+    // golden node's may be mounted on this very host (tests, a node cloned
+    // from itself), and the clone's UUID is the golden one on purpose.
+    let data = if fstype == "xfs" { "nouuid" } else { "" };
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("paths have no NUL");
+    let (src, target) = (c(dev), c(dir));
+    let (fstype_c, data_c) = (CString::new(fstype).expect("no NUL"), CString::new(data).expect("no NUL"));
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let r =
+        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype_c.as_ptr(), 0, data_c.as_ptr().cast()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        Err(DiskError::io(format!("mount {} ({fstype}) on {}", dev.display(), dir.display()), e))
+    }
+}
+
+fn unmount(dir: &Path) -> std::io::Result<()> {
+    let target = CString::new(dir.as_os_str().as_bytes()).expect("paths have no NUL");
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Mounted {
+    pub fn target(&self, path: &str) -> PathBuf {
+        under(&self.checked.root, path)
+    }
+
+    /// The node device a raw image is written to.
+    pub fn raw_device(&self, disk: &str, partition: u32) -> PathBuf {
+        self.checked.disks[disk].0.partition_path(partition)
+    }
+
+    /// Everything after the streams: excluded directories, UUID references,
+    /// node identity, bootloader. Returns what was done, for the node's log.
+    pub fn finish(&self, phase: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+        let plan = &self.checked.plan;
+        let mut done = Vec::new();
+        for x in &plan.excludes {
+            let dir = self.target(&x.path);
+            fs::create_dir_all(&dir).map_err(|e| DiskError::io(format!("recreate {}", x.path), e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(x.mode))
+                .and_then(|()| chown(&dir, Some(x.uid), Some(x.gid)))
+                .map_err(|e| DiskError::io(format!("mode/owner of {}", x.path), e))?;
+            done.push(format!("recreated {} empty (mode {:o}, owner {}:{})", x.path, x.mode, x.uid, x.gid));
+        }
+        if !self.new_uuids.is_empty() {
+            phase("rewriting UUID references");
+            let changed = prepare::rewrite_uuids(&self.checked.root, &self.new_uuids)?;
+            done.extend(changed.iter().map(|p| format!("new UUIDs written in {}", p.display())));
+        }
+        phase("preparing the node (machine-id, ssh keys, leases, hostname)");
+        let p = Prepare {
+            hostname: self.checked.hostname.clone(),
+            keep_ssh_host_keys: plan.prepare.keep_ssh_host_keys,
+        };
+        done.extend(prepare::prepare_node(&self.checked.root, &p)?);
+        if plan.bootloader.kind == BootKind::Grub {
+            phase("restoring the bootloader");
+            done.extend(self.restore_grub()?);
+        }
+        Ok(done)
+    }
+
+    fn restore_grub(&self) -> Result<Vec<String>> {
+        let plan = &self.checked.plan;
+        let name = plan.bootloader.disk.as_deref().expect("checked by Plan::check");
+        let (disk, layout) = &self.checked.disks[name];
+        let boot = plan.filesystem_of("/boot/grub").expect("checked: a root filesystem exists");
+        let boot_uuid = self.uuids.get(&(boot.disk.clone(), boot.partition)).cloned().ok_or_else(|| {
+            DiskError::Plan(format!("{} has no UUID for grub to find it by", describe(boot)))
+        })?;
+        let esp_dir = esp(plan).and_then(|f| f.mount_point.as_deref()).map(|m| self.target(m));
+        let target = GrubTarget {
+            root: &self.checked.root,
+            disk: &disk.path,
+            label: layout.label,
+            first_partition_start: layout.partitions.iter().map(|p| p.start).min().unwrap_or(0),
+            bios_boot: bios_boot(layout),
+            boot_fs_uuid: &boot_uuid,
+            boot_is_separate: boot.mount_point.as_deref() == Some("/boot"),
+            boot_fstype: &boot.fstype,
+            esp: esp_dir.as_deref(),
+        };
+        bootloader::restore(&target, self.checked.firmware, plan.bootloader.rebuild_initramfs)
+    }
+
+    /// Unmounts now (children first), reporting the first failure.
+    pub fn unmount_all(&mut self) -> Result<()> {
+        // SAFETY: sync has no preconditions; flush before the node reboots.
+        unsafe { libc::sync() };
+        let mut first = None;
+        while let Some(dir) = self.mounts.pop() {
+            if let Err(e) = unmount(&dir) {
+                warn!("cannot unmount {}: {e}", dir.display());
+                first.get_or_insert(DiskError::io(format!("unmount {}", dir.display()), e));
+            }
+        }
+        match first {
+            None => {
+                info!("all filesystems unmounted");
+                Ok(())
+            }
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = self.unmount_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_map() {
+        let mut m = DiskMap::default();
+        m.add("sda=/dev/vdb").unwrap();
+        m.add("/dev/sdb=/dev/loop7").unwrap();
+        assert_eq!(m.device("sda"), Path::new("/dev/vdb"));
+        assert_eq!(m.device("sdb"), Path::new("/dev/loop7"));
+        assert_eq!(m.device("sdc"), Path::new("/dev/sdc"));
+        assert!(m.add("sda").unwrap_err().to_string().contains("NAME=/dev/DEVICE"));
+        assert!(m.add("sda=vdb").is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! Cloning for real, on loop devices: a golden disk is built and filled with
+//! every case a clone must keep, then `kacast clone` and `kacast install`
+//! (the binary, as an admin runs them) clone it through the chain onto target
+//! loop disks of this host, and every target is compared with the golden one:
+//! partition table, filesystem types/UUIDs/labels, the file trees with all
+//! metadata, boot code, node identity. Needs root and the disk tools;
+//! otherwise skips (fails under KACAST_REQUIRE_ALL_TESTS).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+
+use common::disks::{sh, LoopDisk, Mounts};
+use common::{fidelity, tree};
+use kacast::disk::blockdev::Disk;
+use kacast::disk::bootloader::has_grub_boot_code;
+use kacast::disk::Desc;
+
+const KACAST: &str = env!("CARGO_BIN_EXE_kacast");
+
+/// The clones are heavy (several loop disks, mkfs, a chain): one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const TOOLS: &[&str] = &[
+    "losetup",
+    "partx",
+    "sfdisk",
+    "wipefs",
+    "blkid",
+    "mkfs.ext4",
+    "mkfs.xfs",
+    "mkfs.vfat",
+    "mkswap",
+    "tar",
+    "grub-mkimage",
+    "mount",
+];
+
+fn cannot_run() -> Option<String> {
+    if !common::is_root() {
+        return Some("needs root for loop devices and mounts".into());
+    }
+    if let Some(t) = TOOLS.iter().find_map(|t| common::missing_tool(t)) {
+        return Some(t);
+    }
+    ["/usr/lib/grub/i386-pc", "/usr/lib/grub/x86_64-efi"]
+        .iter()
+        .find(|d| !Path::new(d).is_dir())
+        .map(|d| format!("{d} is missing (grub-pc-bin, grub-efi-amd64-bin)"))
+}
+
+/// ka-deploy's example shape: a root, a swap, an extended partition with a
+/// separate /boot and a /home (xfs needs 300 MiB).
+const MBR_DESC: &str =
+    "# golden for the clone test\nlinux 160\nswap 16\nextended fill\nlogical linux 48\nlogical linux fill\n";
+const MBR_BYTES: u64 = 560 << 20;
+
+const GPT_DESC: &str = "label gpt\nesp 34\nlinux fill\n";
+const GPT_BYTES: u64 = 160 << 20;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A golden disk, partitioned from its desc by kacast's own layout.
+fn golden_disk(desc: &str, bytes: u64) -> LoopDisk {
+    let disk = LoopDisk::new(bytes);
+    let layout = Desc::parse(desc, "golden desc").unwrap().layout(bytes).unwrap();
+    Disk::open(&disk.dev).unwrap().write_table(&layout).unwrap();
+    disk
+}
+
+fn uuid(dev: &Path) -> String {
+    sh("blkid", &["-p", "-s", "UUID", "-o", "value", dev.to_str().unwrap()]).unwrap().trim().to_string()
+}
+
+/// What every golden system has that makes a node a copy rather than a node.
+fn write_identity(root: &Path) {
+    let w = |p: &str, s: &str| {
+        let path = root.join(p);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, s).unwrap();
+    };
+    w("etc/machine-id", "0123456789abcdef0123456789abcdef\n");
+    w("etc/hostname", "golden\n");
+    w("etc/hosts", "127.0.0.1 localhost\n127.0.1.1 golden\n");
+    w("var/lib/dhcp/dhclient.eth0.leases", "lease { fixed-address 10.0.0.1; }\n");
+    w("etc/udev/rules.d/70-persistent-net.rules", "SUBSYSTEM==\"net\", NAME=\"eth0\"\n");
+    w("etc/ssh/ssh_host_ed25519_key", "golden private key\n");
+    w("etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAAgolden golden\n");
+    w("tmp/scratch", "not to be cloned\n");
+    fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+}
+
+/// Paths that a clone changes on purpose, compared separately.
+fn identity_paths() -> Vec<PathBuf> {
+    [
+        "lost+found",
+        "etc/machine-id",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/ssh",
+        "var/lib/dhcp",
+        "etc/udev/rules.d",
+        "tmp",
+        "boot/lost+found",
+        "boot/grub/i386-pc",
+        "boot/grub/x86_64-efi",
+        "boot/efi/EFI/BOOT",
+        "boot/efi/EFI",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect()
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(KACAST).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn finish(child: Child, what: &str) -> Output {
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "--- {what}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `kacast clone` on the golden root and `kacast install` for each target,
+/// returning the golden node's output and each node's.
+fn clone_through_chain(
+    work: &Path,
+    session: &str,
+    golden: &LoopDisk,
+    golden_root: &Path,
+    desc: &str,
+    targets: &[&LoopDisk],
+) -> (Output, Vec<Output>) {
+    let desc_file = work.join("desc");
+    fs::write(&desc_file, desc).unwrap();
+    let port = free_port().to_string();
+    let n = targets.len().to_string();
+    let clone = spawn(&[
+        "clone",
+        "-n",
+        &n,
+        "-p",
+        &golden.name(),
+        desc_file.to_str().unwrap(),
+        "-x",
+        "/tmp",
+        "--root",
+        golden_root.to_str().unwrap(),
+        "--session",
+        session,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--no-discovery",
+        "--timeout",
+        "10",
+        "--phase-timeout",
+        "300",
+    ]);
+    let server = format!("127.0.0.1:{port}");
+    let nodes: Vec<Child> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let map = format!("{}={}", golden.name(), t.dev.display());
+            let root = work.join(format!("node{i}"));
+            let plan_dir = work.join(format!("plan{i}"));
+            spawn(&[
+                "install",
+                "--session",
+                session,
+                "--server",
+                &server,
+                "--name",
+                &format!("node{i}"),
+                "--disk",
+                &map,
+                "--root",
+                root.to_str().unwrap(),
+                "--bind",
+                "127.0.0.1",
+                "--tries",
+                "30",
+                "--timeout",
+                "10",
+                "--work-dir",
+                plan_dir.to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let nodes: Vec<Output> =
+        nodes.into_iter().enumerate().map(|(i, c)| finish(c, &format!("node{i}"))).collect();
+    (finish(clone, "kacast clone"), nodes)
+}
+
+/// Mounts a clone's filesystems like its fstab would (parents first).
+fn mount_clone(mounts: &mut Mounts, disk: &LoopDisk, at: &Path, parts: &[(u32, &str, &[&str])]) {
+    for (n, mp, opts) in parts {
+        mounts.mount(&disk.part(*n), &at.join(mp.trim_start_matches('/')), opts);
+    }
+}
+
+fn machine_id(root: &Path) -> String {
+    fs::read_to_string(root.join("etc/machine-id")).unwrap().trim().to_string()
+}
+
+/// What must hold of every clone beyond the identical tree.
+fn check_identity(golden_root: &Path, clone_root: &Path, ids: &mut BTreeSet<String>) {
+    let id = machine_id(clone_root);
+    assert_eq!(id.len(), 32, "machine-id '{id}'");
+    assert!(ids.insert(id), "machine-id repeated across golden and clones");
+    assert!(!clone_root.join("var/lib/dhcp/dhclient.eth0.leases").exists(), "DHCP lease kept");
+    assert!(
+        !clone_root.join("etc/udev/rules.d/70-persistent-net.rules").exists(),
+        "persistent net rules kept"
+    );
+    let key = fs::read_to_string(clone_root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap_or_default();
+    let golden_key = fs::read_to_string(golden_root.join("etc/ssh/ssh_host_ed25519_key.pub")).unwrap();
+    assert_ne!(key, golden_key, "ssh host key not regenerated");
+    let tmp = fs::metadata(clone_root.join("tmp")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&tmp.permissions()) & 0o7777, 0o1777);
+    assert_eq!(fs::read_dir(clone_root.join("tmp")).unwrap().count(), 0, "excluded /tmp not empty");
+}
+
+fn compare_trees(golden_root: &Path, clone_root: &Path) {
+    let opts = tree::Options { skip: identity_paths(), compare_dir_mtime: true, compare_sparseness: true };
+    let diff = tree::diff(&tree::snapshot(golden_root, &opts), &tree::snapshot(clone_root, &opts), &opts);
+    assert!(diff.is_empty(), "clone {} differs from golden:\n{}", clone_root.display(), diff.join("\n"));
+}
+
+#[test]
+fn an_mbr_golden_disk_clones_onto_three_nodes_and_a_too_small_one_is_refused_untouched() {
+    if let Some(why) = cannot_run() {
+        return common::skip(&why);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let golden = golden_disk(MBR_DESC, MBR_BYTES);
+    sh("mkfs.ext4", &["-q", "-F", "-L", "root", golden.part(1).to_str().unwrap()]).unwrap();
+    sh("mkswap", &["-L", "swap", golden.part(2).to_str().unwrap()]).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-L", "boot", golden.part(5).to_str().unwrap()]).unwrap();
+    sh("mkfs.xfs", &["-q", "-f", "-L", "home", golden.part(6).to_str().unwrap()]).unwrap();
+    let g = work.path().join("golden");
+    let mut mounts = Mounts::default();
+    mount_clone(&mut mounts, &golden, &g, &[(1, "/", &[]), (5, "/boot", &[]), (6, "/home", &[])]);
+    let fstab = format!(
+        "# golden fstab\nUUID={} / ext4 errors=remount-ro 0 1\nUUID={} /boot ext4 defaults 0 2\nUUID={} /home xfs defaults 0 2\nUUID={} none swap sw 0 0\ntmpfs /run/shm tmpfs defaults 0 0\n",
+        uuid(&golden.part(1)),
+        uuid(&golden.part(5)),
+        uuid(&golden.part(6)),
+        uuid(&golden.part(2))
+    );
+    fs::create_dir_all(g.join("etc")).unwrap();
+    fs::write(g.join("etc/fstab"), fstab).unwrap();
+    fs::create_dir_all(g.join("boot/grub")).unwrap();
+    fs::write(g.join("boot/grub/grub.cfg"), format!("search --fs-uuid {}\n", uuid(&golden.part(1)))).unwrap();
+    write_identity(&g);
+    let cases = fidelity::populate(&g);
+    fidelity::populate(&g.join("home"));
+    assert!(cases.len() >= 10, "{cases:?}");
+
+    let targets: Vec<LoopDisk> = (0..3).map(|_| LoopDisk::new(MBR_BYTES)).collect();
+    let small = LoopDisk::new(200 << 20);
+    let small_before = small.hash();
+    let mut all: Vec<&LoopDisk> = targets.iter().collect();
+    all.push(&small);
+    let (golden_out, nodes) = clone_through_chain(work.path(), "mbrclone", &golden, &g, MBR_DESC, &all);
+
+    // The too-small node refused the plan before writing, and the others went on.
+    assert_eq!(golden_out.status.code(), Some(2), "3 of 4 nodes cloned");
+    let report = String::from_utf8_lossy(&golden_out.stdout);
+    assert!(report.contains("3 of 4 nodes cloned"), "{report}");
+    let small_line = report.lines().find(|l| l.starts_with("node3")).unwrap();
+    assert!(
+        small_line.contains("FAILED")
+            && small_line.contains("plan refused")
+            && small_line.contains("200.0 MiB"),
+        "{small_line}"
+    );
+    assert_eq!(nodes[3].status.code(), Some(1));
+    assert_eq!(small.hash(), small_before, "a refused plan wrote to the disk");
+
+    let golden_table = golden.table();
+    let mut ids = BTreeSet::from([machine_id(&g)]);
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(nodes[i].status.code(), Some(0), "node{i}");
+        assert_eq!(t.table(), golden_table, "partition table of node{i}");
+        for n in [1, 2, 5, 6] {
+            assert_eq!(t.ids(n), golden.ids(n), "type/UUID/label of partition {n} on node{i}");
+        }
+        let mbr = fs::read(&t.dev).map(|b| b[..512].to_vec()).unwrap_or_default();
+        assert!(has_grub_boot_code(&mbr), "no grub boot code in node{i}'s MBR");
+        let root = work.path().join(format!("check{i}"));
+        let mut m = Mounts::default();
+        mount_clone(&mut m, t, &root, &[(1, "/", &[]), (5, "/boot", &[]), (6, "/home", &["nouuid"])]);
+        assert!(root.join("boot/grub/grub.cfg").is_file());
+        assert!(root.join("boot/grub/i386-pc/normal.mod").is_file());
+        compare_trees(&g, &root);
+        check_identity(&g, &root, &mut ids);
+    }
+}
+
+#[test]
+fn a_gpt_uefi_golden_disk_clones_with_its_esp() {
+    if let Some(why) = cannot_run() {
+        return common::skip(&why);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let golden = golden_disk(GPT_DESC, GPT_BYTES);
+    sh("mkfs.vfat", &["-n", "ESP", golden.part(1).to_str().unwrap()]).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", "-L", "root", golden.part(2).to_str().unwrap()]).unwrap();
+    let g = work.path().join("golden");
+    let mut mounts = Mounts::default();
+    mount_clone(&mut mounts, &golden, &g, &[(2, "/", &[]), (1, "/boot/efi", &[])]);
+    let fstab = format!(
+        "UUID={} / ext4 defaults 0 1\nUUID={} /boot/efi vfat umask=0077 0 1\n",
+        uuid(&golden.part(2)),
+        uuid(&golden.part(1))
+    );
+    fs::create_dir_all(g.join("etc")).unwrap();
+    fs::write(g.join("etc/fstab"), fstab).unwrap();
+    fs::create_dir_all(g.join("boot/grub")).unwrap();
+    fs::write(g.join("boot/grub/grub.cfg"), "set timeout=0\n").unwrap();
+    fs::create_dir_all(g.join("boot/efi/EFI/debian")).unwrap();
+    fs::write(
+        g.join("boot/efi/EFI/debian/grub.cfg"),
+        format!("search.fs_uuid {} root\n", uuid(&golden.part(2))),
+    )
+    .unwrap();
+    write_identity(&g);
+    fidelity::populate(&g);
+
+    let targets: Vec<LoopDisk> = (0..2).map(|_| LoopDisk::new(GPT_BYTES)).collect();
+    let all: Vec<&LoopDisk> = targets.iter().collect();
+    let (golden_out, nodes) = clone_through_chain(work.path(), "gptclone", &golden, &g, GPT_DESC, &all);
+    assert_eq!(golden_out.status.code(), Some(0));
+    let mut ids = BTreeSet::from([machine_id(&g)]);
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(nodes[i].status.code(), Some(0), "node{i}");
+        assert_eq!(t.table(), golden.table(), "GPT of node{i}");
+        assert_eq!((t.ids(1), t.ids(2)), (golden.ids(1), golden.ids(2)), "filesystem ids of node{i}");
+        let root = work.path().join(format!("check{i}"));
+        let mut m = Mounts::default();
+        mount_clone(&mut m, t, &root, &[(2, "/", &[]), (1, "/boot/efi", &[])]);
+        let efi = fs::read(root.join("boot/efi/EFI/BOOT/BOOTX64.EFI")).unwrap();
+        assert_eq!(&efi[..2], b"MZ", "BOOTX64.EFI is not a PE image");
+        assert!(root.join("boot/efi/EFI/debian/grub.cfg").is_file());
+        compare_trees(&g, &root);
+        check_identity(&g, &root, &mut ids);
+    }
+}
