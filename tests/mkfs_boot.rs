@@ -359,6 +359,7 @@ fn bios_mbr_by_hand_embeds_core_after_the_mbr() {
         boot_is_separate: false,
         boot_fstype: "ext4",
         esp: None,
+        esp_device: None,
     };
     let done = restore(&t, Firmware::Bios, false).unwrap();
     eprintln!("{}", done.join("\n"));
@@ -426,6 +427,7 @@ fn bios_gpt_by_hand_embeds_core_in_bios_boot() {
         boot_is_separate: false,
         boot_fstype: "ext4",
         esp: None,
+        esp_device: None,
     };
     // Refused before writing: too small, not the bios-boot partition, none.
     let small = GrubTarget { bios_boot: Some((2048, 8)), ..t.clone() };
@@ -486,6 +488,7 @@ fn uefi_by_hand_writes_the_removable_media_loader() {
         boot_is_separate: false,
         boot_fstype: "ext4",
         esp: Some(Path::new("/boot/efi")),
+        esp_device: None,
     };
     let mbr = rig.read(0, SECTOR);
     let done = restore(&t, Firmware::Uefi, false).unwrap();
@@ -526,6 +529,7 @@ fn bios_by_hand_boots_under_qemu() {
         boot_is_separate: false,
         boot_fstype: "ext4",
         esp: None,
+        esp_device: None,
     };
     restore(&t, Firmware::Bios, false).unwrap();
     rig.unmount_all();

@@ -90,7 +90,7 @@ pub fn check(plan: Plan, map: &DiskMap, root: &Path, node: &str) -> Result<Check
         })?;
         disks.insert(name.to_string(), (disk, layout));
     }
-    for fs in &plan.filesystems {
+    for fs in plan.filesystems.iter().filter(|f| plan.raw_of(f).is_none()) {
         // With --new-uuids the node makes its own, so only the type and label matter.
         let uuid = if plan.new_uuids { None } else { fs.uuid.as_deref() };
         mkfs::check(&fs.fstype, uuid, fs.label.as_deref())
@@ -209,6 +209,11 @@ pub struct Mounted {
     pub new_uuids: Vec<(String, String)>,
     /// The UUID each filesystem got, by (disk, partition).
     uuids: BTreeMap<(String, u32), String>,
+    /// New serials of FAT filesystems that travel raw, written once they are.
+    serials: Vec<(PathBuf, String)>,
+    /// The ESP, when it travels raw and this kernel cannot mount FAT: the
+    /// bootloader then writes into it with mtools.
+    esp_unmounted: Option<PathBuf>,
 }
 
 /// Wipes, partitions and formats every disk of the plan, then mounts the
@@ -221,24 +226,32 @@ pub fn prepare_disks(c: Checked, phase: &mut dyn FnMut(&str)) -> Result<Mounted>
     }
     let mut new_uuids = Vec::new();
     let mut uuids = BTreeMap::new();
+    let mut serials = Vec::new();
     for fs in &c.plan.filesystems {
         let (disk, _) = &c.disks[&fs.disk];
         let dev = disk.partition_path(fs.partition);
         let uuid = match (&fs.uuid, c.plan.new_uuids) {
-            (Some(old), true) => {
+            (Some(old), true) if c.plan.raw_of(fs).is_none() || fs.fstype == "vfat" => {
                 let new = mkfs::new_uuid(&fs.fstype);
                 new_uuids.push((old.clone(), new.clone()));
                 Some(new)
             }
             (old, _) => old.clone(),
         };
+        if let Some(u) = &uuid {
+            uuids.insert((fs.disk.clone(), fs.partition), u.clone());
+        }
+        if c.plan.raw_of(fs).is_some() {
+            // Written from its raw image later; only a new serial to set then.
+            if let Some(new) = uuid.filter(|u| Some(u) != fs.uuid.as_ref()) {
+                serials.push((dev, new));
+            }
+            continue;
+        }
         phase(&format!("formatting {} as {}", dev.display(), fs.fstype));
         mkfs::make(&dev, &fs.fstype, uuid.as_deref(), fs.label.as_deref())?;
-        if let Some(u) = uuid {
-            uuids.insert((fs.disk.clone(), fs.partition), u);
-        }
     }
-    let mut m = Mounted { checked: c, mounts: Vec::new(), new_uuids, uuids };
+    let mut m = Mounted { checked: c, mounts: Vec::new(), new_uuids, uuids, serials, esp_unmounted: None };
     let order: Vec<PlanFs> = m.checked.plan.mount_order().into_iter().cloned().collect();
     for fs in order {
         let mp = fs.mount_point.as_deref().expect("mount_order has no swap");
@@ -276,6 +289,22 @@ fn mount(dev: &Path, dir: &Path, fstype: &str) -> Result<()> {
     }
 }
 
+/// Gives `path` the modification time in `was`.
+fn set_mtime(path: &Path, was: &fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let c = CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL");
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: was.mtime(), tv_nsec: was.mtime_nsec() },
+    ];
+    // SAFETY: a valid path and two timespecs, as utimensat expects.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn unmount(dir: &Path) -> std::io::Result<()> {
     let target = CString::new(dir.as_os_str().as_bytes()).expect("paths have no NUL");
     // SAFETY: a valid NUL-terminated path.
@@ -298,12 +327,17 @@ impl Mounted {
 
     /// Everything after the streams: excluded directories, UUID references,
     /// node identity, bootloader. Returns what was done, for the node's log.
-    pub fn finish(&self, phase: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+    pub fn finish(&mut self, phase: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+        let mut done = self.mount_raw(phase)?;
         let plan = &self.checked.plan;
-        let mut done = Vec::new();
         for x in &plan.excludes {
             let dir = self.target(&x.path);
+            // Creating it changes its parent's mtime, which tar had restored.
+            let parent = dir.parent().map(|p| (p.to_path_buf(), fs::metadata(p)));
             fs::create_dir_all(&dir).map_err(|e| DiskError::io(format!("recreate {}", x.path), e))?;
+            if let Some((p, Ok(meta))) = parent {
+                set_mtime(&p, &meta).map_err(|e| DiskError::io(format!("mtime of {}", p.display()), e))?;
+            }
             fs::set_permissions(&dir, fs::Permissions::from_mode(x.mode))
                 .and_then(|()| chown(&dir, Some(x.uid), Some(x.gid)))
                 .map_err(|e| DiskError::io(format!("mode/owner of {}", x.path), e))?;
@@ -335,7 +369,10 @@ impl Mounted {
         let boot_uuid = self.uuids.get(&(boot.disk.clone(), boot.partition)).cloned().ok_or_else(|| {
             DiskError::Plan(format!("{} has no UUID for grub to find it by", describe(boot)))
         })?;
-        let esp_dir = esp(plan).and_then(|f| f.mount_point.as_deref()).map(|m| self.target(m));
+        let esp_dir = match &self.esp_unmounted {
+            Some(_) => None,
+            None => esp(plan).and_then(|f| f.mount_point.as_deref()).map(|m| self.target(m)),
+        };
         let target = GrubTarget {
             root: &self.checked.root,
             disk: &disk.path,
@@ -346,8 +383,47 @@ impl Mounted {
             boot_is_separate: boot.mount_point.as_deref() == Some("/boot"),
             boot_fstype: &boot.fstype,
             esp: esp_dir.as_deref(),
+            esp_device: self.esp_unmounted.as_deref(),
         };
         bootloader::restore(&target, self.checked.firmware, plan.bootloader.rebuild_initramfs)
+    }
+
+    /// Sets new FAT serials and mounts the filesystems that came as raw
+    /// images (the ESP), for the UUID rewrite and the bootloader. A kernel
+    /// without FAT (some stage2 kernels, containers) leaves the ESP unmounted:
+    /// the bootloader then writes into it with mtools.
+    fn mount_raw(&mut self, phase: &mut dyn FnMut(&str)) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for (dev, serial) in std::mem::take(&mut self.serials) {
+            super::fat::set_serial(&dev, &serial)?;
+            done.push(format!("new volume serial {serial} on {}", dev.display()));
+        }
+        let raw: Vec<PlanFs> = self.checked.plan.raw_mounts().into_iter().cloned().collect();
+        for fs in raw {
+            let mp = fs.mount_point.as_deref().expect("raw_mounts have a mount point");
+            let dir = self.target(mp);
+            let dev = self.checked.disks[&fs.disk].0.partition_path(fs.partition);
+            phase(&format!("mounting {} on {}", dev.display(), dir.display()));
+            fs::create_dir_all(&dir).map_err(|e| DiskError::io(format!("create {}", dir.display()), e))?;
+            match mount(&dev, &dir, &fs.fstype) {
+                Ok(()) => self.mounts.push(dir),
+                Err(DiskError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+                    warn!("this kernel cannot mount {}: {} stays unmounted", fs.fstype, dev.display());
+                    done.push(format!(
+                        "{mp} ({}) not mounted: this kernel has no {}",
+                        dev.display(),
+                        fs.fstype
+                    ));
+                    if esp(&self.checked.plan)
+                        .is_some_and(|e| e.partition == fs.partition && e.disk == fs.disk)
+                    {
+                        self.esp_unmounted = Some(dev);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
     }
 
     /// Unmounts now (children first), reporting the first failure.

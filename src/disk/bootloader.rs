@@ -83,6 +83,9 @@ pub struct GrubTarget<'a> {
     /// The ESP's mount point (UEFI): under `root` (`/mnt/kacast/boot/efi`), or
     /// as the clone sees it (`/boot/efi` or `boot/efi`).
     pub esp: Option<&'a Path>,
+    /// The ESP's partition when it is not mounted (a kernel without FAT): the
+    /// UEFI image is then written into it with mtools.
+    pub esp_device: Option<&'a Path>,
 }
 
 /// Restores GRUB for `firmware` on the target's disk, and rebuilds the
@@ -164,6 +167,7 @@ fn check_target(t: &GrubTarget, firmware: Firmware) -> Result<()> {
     check_uuid(t.boot_fs_uuid)?;
     fs_module(t.boot_fstype)?;
     match firmware {
+        Firmware::Uefi if t.esp.is_none() && t.esp_device.is_some() => {}
         Firmware::Uefi => {
             let esp = t.esp.ok_or_else(|| {
                 DiskError::Plan(format!("UEFI boot of {} needs an EFI system partition", t.disk.display()))
@@ -242,6 +246,7 @@ fn choose_way(t: &GrubTarget, firmware: Firmware) -> Way {
         GRUB_LIB_DIRS.iter().any(|d| in_clone(t.root, &format!("{d}/{platform}/moddep.lst")).exists());
     // The disk first: on a loop device grub-install fails whatever the clone has.
     let reason = match installer {
+        _ if firmware == Firmware::Uefi && t.esp.is_none() => "the ESP is not mounted".to_string(),
         _ if is_loop_device(t.disk) => "loop device".to_string(),
         _ if !is_block_device(t.disk) => "not a block device".to_string(),
         None => "no grub-install in the clone".to_string(),
@@ -863,6 +868,16 @@ const EFI_REMOVABLE: &str = "EFI/BOOT/BOOTX64.EFI";
 const UEFI_MODULES: &[&str] =
     &["part_gpt", "part_msdos", "fat", "ext2", "xfs", "btrfs", "search_fs_uuid", "normal", "linux"];
 
+/// The UEFI image's modules: [`UEFI_MODULES`] and the /boot filesystem's.
+fn uefi_modules(t: &GrubTarget) -> Result<Vec<&'static str>> {
+    let fs_mod = fs_module(t.boot_fstype)?;
+    let mut modules = UEFI_MODULES.to_vec();
+    if !modules.contains(&fs_mod) {
+        modules.push(fs_mod);
+    }
+    Ok(modules)
+}
+
 /// A PE/COFF image starts with the DOS header magic.
 const PE_MAGIC: &[u8] = b"MZ";
 
@@ -871,14 +886,13 @@ const PE_MAGIC: &[u8] = b"MZ";
 /// removable-media path (replacing whatever loader was there). Unsigned: a
 /// node with Secure Boot enabled refuses it.
 fn uefi_by_hand(t: &GrubTarget, reason: &str) -> Result<Vec<String>> {
-    let esp = resolve_esp(t.root, t.esp.expect("checked by check_target"));
+    let Some(esp) = t.esp else {
+        return uefi_into_device(t, t.esp_device.expect("checked by check_target"), reason);
+    };
+    let esp = resolve_esp(t.root, esp);
     let host = HostGrub::find(Firmware::Uefi, t.disk)?;
     let (dir, copied) = prepare_grub_dir(t, &host)?;
-    let fs_mod = fs_module(t.boot_fstype)?;
-    let mut modules = UEFI_MODULES.to_vec();
-    if !modules.contains(&fs_mod) {
-        modules.push(fs_mod);
-    }
+    let modules = uefi_modules(t)?;
     let target = esp.join(EFI_REMOVABLE);
     let parent = target.parent().expect("EFI_REMOVABLE has a directory");
     fs::create_dir_all(parent).map_err(|e| DiskError::io(format!("creating {}", parent.display()), e))?;
@@ -904,6 +918,38 @@ fn uefi_by_hand(t: &GrubTarget, reason: &str) -> Result<Vec<String>> {
     ])
 }
 
+/// As [`uefi_by_hand`], for an ESP that is not mounted: the image is built
+/// in the clone's /boot/grub and copied into the FAT partition with mtools.
+fn uefi_into_device(t: &GrubTarget, dev: &Path, reason: &str) -> Result<Vec<String>> {
+    tool::require("mcopy", "write the UEFI loader into an unmounted ESP")?;
+    let host = HostGrub::find(Firmware::Uefi, t.disk)?;
+    let (dir, copied) = prepare_grub_dir(t, &host)?;
+    let image = dir.join("BOOTX64.EFI");
+    host.mkimage(&dir.join("load.cfg"), prefix(t), &uefi_modules(t)?, &image)?;
+    if !read_at(&image, 0, PE_MAGIC.len())?.starts_with(PE_MAGIC) {
+        return Err(DiskError::Other(format!("{}: grub-mkimage did not make a PE image", image.display())));
+    }
+    let target = dev.display().to_string();
+    let mtool = |program: &str, args: &[&str]| {
+        let mut cmd = std::process::Command::new(program);
+        // Loop devices and partitions answer no geometry; the check is for floppies.
+        cmd.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(dev).args(args);
+        tool::run_command(cmd, program, &target, None)
+    };
+    for dir in ["::/EFI", "::/EFI/BOOT"] {
+        if mtool("mdir", &["-b", dir]).is_err() {
+            mtool("mmd", &[dir])?;
+        }
+    }
+    let dest = format!("::/{EFI_REMOVABLE}");
+    mtool("mcopy", &["-o", &image.to_string_lossy(), &dest])?;
+    let _ = fs::remove_file(&image);
+    Ok(vec![
+        format!("grub x86_64-efi image written to {dest} on {target} with mtools (by hand: {reason})"),
+        format!("{copied} GRUB x86_64-efi files copied to {}", dir.display()),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -924,6 +970,7 @@ mod tests {
             boot_is_separate: false,
             boot_fstype: "ext4",
             esp,
+            esp_device: None,
         }
     }
 

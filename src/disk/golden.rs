@@ -128,14 +128,19 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
         let origin = file.display().to_string();
         disks.insert(name.clone(), PlanDisk { name, desc: desc.to_string(), origin });
     }
-    let mut raw = Vec::new();
+    // -D partitions, then every FAT filesystem (see `RawPartition`).
+    let fat = found.iter().filter(|f| f.entry.fstype == "vfat").map(|f| f.device.clone());
+    let mut raw: Vec<RawPartition> = Vec::new();
     let mut raw_devices = Vec::new();
-    for (k, dev) in spec.raw.iter().enumerate() {
-        let (disk, partition) = blockdev::locate_partition(dev)?;
+    for dev in spec.raw.iter().cloned().chain(fat) {
+        let (disk, partition) = blockdev::locate_partition(&dev)?;
         let disk = kernel_name(&disk);
-        let bytes = device_bytes(dev)?;
-        raw.push(RawPartition { disk, partition, bytes, session: spec.sessions.raw(k) });
-        raw_devices.push(dev.clone());
+        if raw.iter().any(|r| r.disk == disk && r.partition == partition) {
+            continue;
+        }
+        let bytes = device_bytes(&dev)?;
+        raw.push(RawPartition { disk, partition, bytes, session: spec.sessions.raw(raw.len()) });
+        raw_devices.push(dev);
     }
     let needed = found.iter().map(|f| f.disk.clone()).chain(raw.iter().map(|r| r.disk.clone()));
     for name in needed.collect::<Vec<_>>() {
@@ -162,7 +167,10 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
 
     let excludes = spec.excludes.iter().map(|x| excluded(&root, x)).collect::<Result<Vec<_>>>()?;
     let bootloader = boot_plan(&spec.bootloader, spec.firmware, &filesystems)?;
-    let tree_session = filesystems.iter().any(|f| !f.is_swap()).then(|| spec.sessions.tree());
+    let tree_session = filesystems
+        .iter()
+        .any(|f| !f.is_swap() && !raw.iter().any(|r| r.disk == f.disk && r.partition == f.partition))
+        .then(|| spec.sessions.tree());
     let plan = Plan {
         format: PLAN_FORMAT.into(),
         version: PLAN_VERSION,
@@ -209,6 +217,16 @@ fn locate(root: &Path, entry: FstabEntry, mounts: &[Mount]) -> Result<Option<Fou
                 info!("{} ({}) is not on a disk: not cloned", entry.mount_point, m.fstype);
                 return Ok(None);
             }
+            // FAT travels raw, read from its partition: it need not be mounted.
+            None if entry.fstype == "vfat" => match blockdev::resolve_spec(&entry.spec)? {
+                Some(d) if is_block(&d) => d,
+                _ => {
+                    return Err(DiskError::Other(format!(
+                        "fstab line {} ({}): no such partition",
+                        entry.line, entry.spec
+                    )))
+                }
+            },
             None if entry.has_option("noauto") => {
                 warn!("{} (noauto) is not mounted: not cloned", entry.mount_point);
                 return Ok(None);
@@ -221,12 +239,14 @@ fn locate(root: &Path, entry: FstabEntry, mounts: &[Mount]) -> Result<Option<Fou
                 info!("{} ({}) is not a local disk: not cloned", entry.mount_point, entry.spec);
                 return Ok(None);
             }
-            None => return Err(DiskError::Other(format!(
+            None => {
+                return Err(DiskError::Other(format!(
                 "fstab line for {} ({}) is not mounted at {}: mount it so it can be read, or remove the line",
                 entry.mount_point,
                 entry.spec,
                 at.display()
-            ))),
+            )))
+            }
         }
     };
     let (disk, partition) = match blockdev::locate_partition(&device) {

@@ -46,6 +46,7 @@ pub mod blockdev;
 pub mod bootloader;
 mod desc;
 mod error;
+pub mod fat;
 mod fstab;
 pub mod golden;
 mod layout;

@@ -100,7 +100,12 @@ pub struct Excluded {
     pub gid: u32,
 }
 
-/// `-D PART`: a partition sent as a raw image in its own session.
+/// `-D PART`: a partition sent as a raw image in its own session. A
+/// filesystem of the plan on the same partition travels this way instead of
+/// in the tar stream: it is not formatted on the node, only written. The
+/// golden node sends every FAT filesystem (the ESP) so: FAT has no owners,
+/// modes or xattrs for tar to keep, a raw copy keeps its volume serial and
+/// boot sector, and neither side needs a kernel that mounts FAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPartition {
@@ -217,7 +222,9 @@ impl Plan {
             }
         }
         let mut used = BTreeSet::new();
-        let mut use_partition = |disk: &str, n: u32, what: &str| -> Result<(), PlanError> {
+        // A partition holds one filesystem and at most one raw image (which
+        // then carries that filesystem).
+        let mut use_partition = |disk: &str, n: u32, raw: bool, what: &str| -> Result<(), PlanError> {
             let Some(desc) = descs.get(disk) else {
                 return bad(format!("{what} is on disk {disk}, which the plan does not partition"));
             };
@@ -230,7 +237,7 @@ impl Plan {
                 }
                 Some(_) => {}
             }
-            if !used.insert((disk.to_string(), n)) {
+            if !used.insert((disk.to_string(), n, raw)) {
                 return bad(format!("{disk} partition {n} is used twice ({what})"));
             }
             Ok(())
@@ -241,7 +248,7 @@ impl Plan {
                 Some(m) => format!("filesystem {m}"),
                 None => format!("{} on {} partition {}", fs.fstype, fs.disk, fs.partition),
             };
-            use_partition(&fs.disk, fs.partition, &what)?;
+            use_partition(&fs.disk, fs.partition, false, &what)?;
             if !mkfs::SUPPORTED.contains(&fs.fstype.as_str()) {
                 return bad(format!(
                     "{what}: type '{}' is not one of {}",
@@ -273,7 +280,7 @@ impl Plan {
             sessions.insert(s.as_str());
         }
         for r in &self.raw {
-            use_partition(&r.disk, r.partition, &format!("raw image {}", r.session))?;
+            use_partition(&r.disk, r.partition, true, &format!("raw image {}", r.session))?;
             check_session(&r.session)?;
             if !sessions.insert(r.session.as_str()) {
                 return bad(format!("session {} is used twice", r.session));
@@ -312,10 +319,26 @@ impl Plan {
         Ok(())
     }
 
-    /// The filesystems to mount, parents before children (`/` before `/boot`
-    /// before `/boot/efi`), keeping fstab order among equals.
+    /// The raw image carrying `fs`, if it travels raw.
+    pub fn raw_of(&self, fs: &PlanFs) -> Option<&RawPartition> {
+        self.raw.iter().find(|r| r.disk == fs.disk && r.partition == fs.partition)
+    }
+
+    /// The filesystems made on the node and filled from the tar stream, in
+    /// mount order: parents before children (`/` before `/boot`), keeping
+    /// fstab order among equals.
     pub fn mount_order(&self) -> Vec<&PlanFs> {
-        let mut fss: Vec<&PlanFs> = self.filesystems.iter().filter(|f| !f.is_swap()).collect();
+        self.by_depth(|f| !f.is_swap() && self.raw_of(f).is_none())
+    }
+
+    /// The filesystems that travel raw and have a mount point (the ESP),
+    /// mounted once written, for the bootloader.
+    pub fn raw_mounts(&self) -> Vec<&PlanFs> {
+        self.by_depth(|f| !f.is_swap() && self.raw_of(f).is_some())
+    }
+
+    fn by_depth(&self, keep: impl Fn(&PlanFs) -> bool) -> Vec<&PlanFs> {
+        let mut fss: Vec<&PlanFs> = self.filesystems.iter().filter(|f| keep(f)).collect();
         fss.sort_by_key(|f| f.mount_point.as_deref().map(depth).unwrap_or(0));
         fss
     }
@@ -439,6 +462,17 @@ mod tests {
     }
 
     #[test]
+    fn a_filesystem_with_a_raw_image_travels_raw() {
+        let mut plan = sample();
+        plan.raw.push(RawPartition { disk: "sda".into(), partition: 5, bytes: 9, session: "k3".into() });
+        let plan = Plan::parse(plan.to_json().as_bytes()).unwrap();
+        let tar: Vec<_> = plan.mount_order().iter().map(|f| f.partition).collect();
+        assert_eq!(tar, [1, 6]);
+        assert_eq!(plan.raw_mounts().len(), 1);
+        assert_eq!(plan.raw_of(plan.filesystem_at("/boot").unwrap()).unwrap().session, "k3");
+    }
+
+    #[test]
     fn other_formats_and_versions_are_named() {
         let e = Plan::parse(br#"{"format":"kacast-plan","version":9}"#).unwrap_err().to_string();
         assert!(e.contains("version 9 is newer"), "{e}");
@@ -478,12 +512,9 @@ mod tests {
             (Box::new(|p| p.tree_session = Some("bad name".into())), "session"),
             (
                 Box::new(|p| {
-                    p.raw.push(RawPartition {
-                        disk: "sda".into(),
-                        partition: 5,
-                        bytes: 9,
-                        session: "k3".into(),
-                    })
+                    let r = RawPartition { disk: "sda".into(), partition: 5, bytes: 9, session: "k3".into() };
+                    p.raw.push(r.clone());
+                    p.raw.push(RawPartition { session: "k4".into(), ..r });
                 }),
                 "used twice",
             ),

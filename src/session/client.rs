@@ -573,17 +573,18 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
                 continue;
             }
         };
-        let nonce = c.key.as_ref().map(|_| auth::nonce());
-        conn.write_frame(&Frame::Hello(Hello {
-            session: c.session.clone(),
-            name: c.name.clone(),
-            role,
-            data_port,
-            nonce,
-        }))?;
-        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-        auth::connect(&mut conn, c.key.as_ref(), nonce.unwrap_or_default())?;
-        return match conn.expect_frame("instead of answering the hello")? {
+        let answer = hello(&mut conn, c, role, data_port);
+        // Between two sessions of an install the previous server may close
+        // a connection it had just accepted: try again, as for a refusal.
+        let answer = match answer {
+            Err(e @ (Error::Io { .. } | Error::Closed { .. })) if deadline.is_some() && !last => {
+                debug!("server between sessions ({e}): waiting for session '{}'", c.session);
+                thread::sleep(c.retry_interval);
+                continue;
+            }
+            other => other?,
+        };
+        return match answer {
             Frame::Welcome { node_id } => {
                 conn.set_read_timeout(None)?;
                 Ok((conn, node_id))
@@ -599,6 +600,21 @@ fn join(c: &ClientConfig, role: Role, data_port: u16) -> Result<(Connection, u32
         };
     }
     Err(Error::NoServer { session: c.session.clone(), tries: attempt })
+}
+
+/// Says hello (proving the key, if any) and returns the server's answer.
+fn hello(conn: &mut Connection, c: &ClientConfig, role: Role, data_port: u16) -> Result<Frame> {
+    let nonce = c.key.as_ref().map(|_| auth::nonce());
+    conn.write_frame(&Frame::Hello(Hello {
+        session: c.session.clone(),
+        name: c.name.clone(),
+        role,
+        data_port,
+        nonce,
+    }))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    auth::connect(conn, c.key.as_ref(), nonce.unwrap_or_default())?;
+    conn.expect_frame("instead of answering the hello")
 }
 
 fn resolve(addr: &ServerAddress) -> std::result::Result<SocketAddr, String> {

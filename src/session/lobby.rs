@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::repair::{declare_dead, detach_at_parent, remove_from_chain};
 use super::report::NodeResult;
@@ -182,7 +182,9 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     if session != lobby.session {
         let reason = crate::protocol::other_session(&lobby.session, &session);
         let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
-        return Err(Error::Refused(reason));
+        // A node early for the next session of an install: it will try again.
+        debug!("node '{name}' refused: {reason}");
+        return Ok(());
     }
     auth::accept(&mut conn, lobby.key.as_ref(), nonce)?;
     if role == Role::Go {

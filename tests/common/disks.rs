@@ -58,7 +58,10 @@ impl LoopDisk {
         dump.lines()
             .filter(|l| !l.starts_with("label-id:") && !l.starts_with("device:"))
             .map(|l| match l.split_once(" : ") {
-                Some((_, rest)) => rest.to_string(),
+                // GPT partition UUIDs are identifiers too.
+                Some((_, rest)) => {
+                    rest.split(", ").filter(|f| !f.starts_with("uuid=")).collect::<Vec<_>>().join(", ")
+                }
                 None => l.to_string(),
             })
             .collect::<Vec<_>>()
