@@ -387,3 +387,66 @@ fn a_gpt_uefi_golden_disk_clones_with_its_esp() {
         check_identity(&g, &root, &mut ids);
     }
 }
+
+#[test]
+fn a_bad_desc_is_named_before_anything_is_read() {
+    let work = tempfile::tempdir().unwrap();
+    let desc = work.path().join("bad.desc");
+    fs::write(&desc, "linux 100\nswap lots\n").unwrap();
+    let out = Command::new(KACAST)
+        .args(["clone", "-n", "1", "-p", "sda", desc.to_str().unwrap(), "--dry-run", "--root"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}:2:", desc.display())) && err.contains("lots"), "{err}");
+}
+
+/// A plan for one disk named `sda`, with a root and a swap.
+fn small_plan() -> kacast::disk::Plan {
+    let json = r#"{"format":"kacast-plan","version":1,"golden":"g",
+        "disks":[{"name":"sda","desc":"linux 40\nswap 8\n","origin":"test"}],
+        "filesystems":[{"disk":"sda","partition":1,"fstype":"ext4","mount_point":"/","uuid":null,"label":null},
+                       {"disk":"sda","partition":2,"fstype":"swap","mount_point":null,"uuid":null,"label":null}],
+        "bootloader":{"kind":"none","disk":null,"firmware":null},"tree_session":"t2"}"#;
+    kacast::disk::Plan::parse(json.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_missing_a_mounted_or_a_small_disk_is_refused_and_left_byte_identical() {
+    use kacast::disk::apply::{check, DiskMap};
+    if let Some(why) = cannot_run() {
+        return common::skip(&why);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("target");
+    let check_on = |dev: &Path| {
+        let mut map = DiskMap::default();
+        map.add(&format!("sda={}", dev.display())).unwrap();
+        check(small_plan(), &map, &root, "node1").map(|_| ()).unwrap_err().to_string()
+    };
+
+    let missing = check_on(Path::new("/dev/kacast-no-such-disk"));
+    assert!(missing.contains("/dev/kacast-no-such-disk: no such disk"), "{missing}");
+
+    let small = LoopDisk::new(30 << 20);
+    let before = small.hash();
+    let e = check_on(&small.dev);
+    assert!(e.contains("plan refused: disk sda") && e.contains("30.0 MiB"), "{e}");
+    assert_eq!(small.hash(), before);
+
+    let busy = LoopDisk::new(64 << 20);
+    let layout = Desc::parse("linux fill\n", "busy").unwrap().layout(64 << 20).unwrap();
+    Disk::open(&busy.dev).unwrap().write_table(&layout).unwrap();
+    sh("mkfs.ext4", &["-q", "-F", busy.part(1).to_str().unwrap()]).unwrap();
+    // Read-only, so the mount itself writes nothing either.
+    let before = busy.hash();
+    let mut mounts = Mounts::default();
+    mounts.mount(&busy.part(1), &work.path().join("busy"), &["ro"]);
+    let e = check_on(&busy.dev);
+    assert!(e.contains("is in use") && e.contains("is mounted on"), "{e}");
+    mounts.unmount_all();
+    assert_eq!(busy.hash(), before, "a refused plan wrote to the mounted disk");
+}

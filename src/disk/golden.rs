@@ -93,6 +93,14 @@ struct Found {
 /// Surveys the golden node. Everything is checked here, so a plan that leaves
 /// the golden node is one every node can at least parse and place.
 pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
+    // The admin's own files first: a typo in a desc is the likeliest error.
+    let mut disks: BTreeMap<String, PlanDisk> = BTreeMap::new();
+    for (name, file) in &spec.descs {
+        let name = name.trim_start_matches("/dev/").to_string();
+        let desc = Desc::from_file(file).map_err(|e| DiskError::Other(e.to_string()))?;
+        let origin = file.display().to_string();
+        disks.insert(name.clone(), PlanDisk { name, desc: desc.to_string(), origin });
+    }
     let root = fs::canonicalize(&spec.root)
         .map_err(|e| DiskError::io(format!("golden root {}", spec.root.display()), e))?;
     let fstab_path = root.join("etc/fstab");
@@ -120,14 +128,7 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
         found.push(f);
     }
 
-    // Disks: those holding a filesystem, those given a desc, those of raw partitions.
-    let mut disks: BTreeMap<String, PlanDisk> = BTreeMap::new();
-    for (name, file) in &spec.descs {
-        let name = name.trim_start_matches("/dev/").to_string();
-        let desc = Desc::from_file(file).map_err(|e| DiskError::Other(e.to_string()))?;
-        let origin = file.display().to_string();
-        disks.insert(name.clone(), PlanDisk { name, desc: desc.to_string(), origin });
-    }
+    // Disks: those given a desc, those holding a filesystem, those of raw partitions.
     // -D partitions, then every FAT filesystem (see `RawPartition`).
     let fat = found.iter().filter(|f| f.entry.fstype == "vfat").map(|f| f.device.clone());
     let mut raw: Vec<RawPartition> = Vec::new();
