@@ -271,7 +271,11 @@ impl Plan {
         if !mount_points.is_empty() && !mount_points.contains("/") {
             return bad("no filesystem is mounted on /");
         }
-        if !mount_points.is_empty() && self.tree_session.is_none() {
+        let extracted = self.mount_order();
+        if extracted.first().is_some_and(|f| f.mount_point.as_deref() != Some("/")) {
+            return bad("/ travels as a raw image, but other filesystems are extracted into it");
+        }
+        if !extracted.is_empty() && self.tree_session.is_none() {
             return bad("filesystems but no session for their tar stream");
         }
         let mut sessions = BTreeSet::new();
@@ -473,6 +477,19 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzzer_seeds_are_valid_plans() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/plan");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let plan = Plan::parse(&std::fs::read(&path).unwrap());
+            assert!(plan.is_ok(), "{}: {:?}", path.display(), plan.err());
+            seen += 1;
+        }
+        assert!(seen >= 2);
+    }
+
+    #[test]
     fn other_formats_and_versions_are_named() {
         let e = Plan::parse(br#"{"format":"kacast-plan","version":9}"#).unwrap_err().to_string();
         assert!(e.contains("version 9 is newer"), "{e}");
@@ -519,6 +536,17 @@ mod tests {
                 "used twice",
             ),
             (Box::new(|p| drop(p.prepare.hostnames.insert("n1".into(), "bad_host!".into()))), "hostname"),
+            (
+                Box::new(|p| {
+                    p.raw.push(RawPartition {
+                        disk: "sda".into(),
+                        partition: 1,
+                        bytes: 9,
+                        session: "k3".into(),
+                    })
+                }),
+                "/ travels as a raw image",
+            ),
         ];
         for (change, want) in cases {
             let mut plan = sample();
