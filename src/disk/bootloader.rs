@@ -1184,7 +1184,10 @@ mod tests {
         // SAFETY: a NUL-terminated path; mknod only creates the node.
         assert_eq!(unsafe { libc::mknod(node.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(8, 0)) }, 0);
         let t = target(root, &sda, None);
-        assert_eq!(reason(choose_way(&t, Firmware::Uefi)), "the clone has no GRUB x86_64-efi modules");
+        assert_eq!(reason(choose_way(&t, Firmware::Uefi)), "the ESP is not mounted");
+        let esp = Path::new("/boot/efi");
+        let with_esp = target(root, &sda, Some(esp));
+        assert_eq!(reason(choose_way(&with_esp, Firmware::Uefi)), "the clone has no GRUB x86_64-efi modules");
         fs::remove_file(root.join("usr/sbin/grub-install")).unwrap();
         assert_eq!(reason(choose_way(&t, Firmware::Bios)), "no grub-install in the clone");
         clone_with_grub(root, "i386-pc");
