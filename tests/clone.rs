@@ -146,39 +146,37 @@ fn clone_through_chain(
 ) -> (Output, Vec<Output>) {
     let desc_file = work.join("desc");
     fs::write(&desc_file, desc).unwrap();
+    let name = golden.name();
+    let args =
+        ["-p", &name, desc_file.to_str().unwrap(), "-x", "/tmp", "--root", golden_root.to_str().unwrap()];
+    run_rack(work, session, &args, &name, targets)
+}
+
+/// `kacast clone -n N ARGS` on loopback and `kacast install` for each target,
+/// the plan's disk `disk` mapped to the target; returns the golden node's
+/// output and each node's.
+fn run_rack(
+    work: &Path,
+    session: &str,
+    args: &[&str],
+    disk: &str,
+    targets: &[&LoopDisk],
+) -> (Output, Vec<Output>) {
     let port = free_port().to_string();
     let n = targets.len().to_string();
-    let clone = spawn(&[
-        "clone",
-        "-n",
-        &n,
-        "-p",
-        &golden.name(),
-        desc_file.to_str().unwrap(),
-        "-x",
-        "/tmp",
-        "--root",
-        golden_root.to_str().unwrap(),
-        "--session",
-        session,
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--no-discovery",
-        "--timeout",
-        "10",
-        "--phase-timeout",
-        "300",
-    ]);
+    let mut clone_args = vec!["clone", "-n", &n];
+    clone_args.extend(args);
+    clone_args.extend(["--session", session, "--bind", "127.0.0.1", "--port", &port, "--no-discovery"]);
+    clone_args.extend(["--timeout", "10", "--phase-timeout", "60"]);
+    let clone = spawn(&clone_args);
     let server = format!("127.0.0.1:{port}");
     let nodes: Vec<Child> = targets
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let map = format!("{}={}", golden.name(), t.dev.display());
-            let root = work.join(format!("node{i}"));
-            let plan_dir = work.join(format!("plan{i}"));
+            let map = format!("{disk}={}", t.dev.display());
+            let root = work.join(format!("{session}-node{i}"));
+            let plan_dir = work.join(format!("{session}-plan{i}"));
             spawn(&[
                 "install",
                 "--session",
@@ -449,4 +447,137 @@ fn a_missing_a_mounted_or_a_small_disk_is_refused_and_left_byte_identical() {
     assert!(e.contains("is in use") && e.contains("is mounted on"), "{e}");
     mounts.unmount_all();
     assert_eq!(busy.hash(), before, "a refused plan wrote to the mounted disk");
+}
+
+/// `kacast capture` records a golden root; `kacast clone --env` deploys the
+/// recording (a tarball with a post-install archive) and a raw partition
+/// image (Kadeploy's ddzst kind) onto fresh disks partitioned from a desc.
+#[test]
+fn a_recorded_image_and_a_raw_one_deploy_from_kadeploy_descriptions() {
+    if let Some(why) = cannot_run().or_else(|| common::missing_tool("zstd")) {
+        return common::skip(&why);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let desc = "linux 120\nswap 16\n";
+    let golden = golden_disk(desc, 160 << 20);
+    sh("mkfs.ext4", &["-q", "-F", "-L", "root", golden.part(1).to_str().unwrap()]).unwrap();
+    let g = work.path().join("golden");
+    let mut mounts = Mounts::default();
+    mount_clone(&mut mounts, &golden, &g, &[(1, "/", &[])]);
+    fs::create_dir_all(g.join("etc")).unwrap();
+    fs::write(g.join("etc/fstab"), format!("UUID={} / ext4 defaults 0 1\n", uuid(&golden.part(1)))).unwrap();
+    fs::create_dir_all(g.join("boot")).unwrap();
+    fs::write(g.join("boot/vmlinuz-6.1.0-9-amd64"), "kernel").unwrap();
+    fs::write(g.join("boot/initrd.img-6.1.0-9-amd64"), "initrd").unwrap();
+    std::os::unix::fs::symlink("boot/vmlinuz-6.1.0-9-amd64", g.join("vmlinuz")).unwrap();
+    std::os::unix::fs::symlink("boot/initrd.img-6.1.0-9-amd64", g.join("initrd.img")).unwrap();
+    write_identity(&g);
+    fidelity::populate(&g);
+
+    // Record it.
+    let out = work.path().join("images");
+    let rec = finish(
+        spawn(&[
+            "capture",
+            "--name",
+            "golden-env",
+            "-o",
+            out.to_str().unwrap(),
+            "--root",
+            g.to_str().unwrap(),
+            "-x",
+            "/tmp",
+        ]),
+        "kacast capture",
+    );
+    assert_eq!(rec.status.code(), Some(0));
+    let yaml = fs::read_to_string(out.join("golden-env.yaml")).unwrap();
+    assert!(yaml.contains("golden-env.tar.zst") && yaml.contains("zstd") && yaml.contains("ext4"), "{yaml}");
+    assert!(yaml.contains("/vmlinuz"), "{yaml}");
+    assert!(fs::read_to_string(out.join("golden-env.desc")).unwrap().contains("linux 120"));
+
+    // A post-install archive, run with the clone mounted (Kadeploy's contract).
+    let post = work.path().join("post");
+    fs::create_dir_all(&post).unwrap();
+    fs::write(post.join("run.sh"), "echo \"$(pwd)\" > \"$KADEPLOY_ENV_EXTRACTION_DIR/postinstall-ran\"\n")
+        .unwrap();
+    sh("tar", &["-czf", out.join("post.tgz").to_str().unwrap(), "-C", post.to_str().unwrap(), "run.sh"])
+        .unwrap();
+    let env = out.join("deploy.yaml");
+    fs::write(
+        &env,
+        "---\nname: golden-env\nversion: 1\nos: linux\nimage:\n  file: golden-env.tar.zst\n  kind: tar\n  compression: zstd\npostinstalls:\n- archive: post.tgz\n  compression: gzip\n  script: sh run.sh\nboot:\n  kernel: /vmlinuz\n  initrd: /initrd.img\n  kernel_params: console=ttyS0\nfilesystem: ext4\npartition_type: 131\nmultipart: false\n",
+    )
+    .unwrap();
+    mounts.unmount_all();
+
+    let targets: Vec<LoopDisk> = (0..2).map(|_| LoopDisk::new(160 << 20)).collect();
+    let all: Vec<&LoopDisk> = targets.iter().collect();
+    let (golden_out, nodes) = deploy(work.path(), "envdeploy", &["--env", env.to_str().unwrap()], desc, &all);
+    assert_eq!(golden_out.status.code(), Some(0));
+    mount_clone(&mut mounts, &golden, &g, &[(1, "/", &["ro"])]);
+    let mut ids = BTreeSet::from([machine_id(&g)]);
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(nodes[i].status.code(), Some(0), "node{i}");
+        assert_eq!(t.table(), golden.table());
+        assert_eq!(t.ids(2).split(' ').next(), Some("swap"));
+        let mbr = fs::read(&t.dev).map(|b| b[..512].to_vec()).unwrap();
+        assert!(has_grub_boot_code(&mbr), "node{i}");
+        let root = work.path().join(format!("env{i}"));
+        let mut m = Mounts::default();
+        mount_clone(&mut m, t, &root, &[(1, "/", &[])]);
+        let fstab = fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert!(fstab.contains(&format!("UUID={} / ext4", uuid(&t.part(1)))), "{fstab}");
+        assert!(fstab.contains(&format!("UUID={} none swap", uuid(&t.part(2)))), "{fstab}");
+        let cfg = fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
+        assert!(
+            cfg.contains(&format!("linux /vmlinuz root=UUID={} ro console=ttyS0", uuid(&t.part(1)))),
+            "{cfg}"
+        );
+        assert!(root.join("postinstall-ran").is_file(), "post-install script did not run");
+        let mut opts = identity_paths();
+        opts.extend(["etc/fstab", "boot/grub", "postinstall-ran"].map(PathBuf::from));
+        let opts = tree::Options { skip: opts, compare_dir_mtime: false, compare_sparseness: true };
+        let diff = tree::diff(&tree::snapshot(&g, &opts), &tree::snapshot(&root, &opts), &opts);
+        assert!(diff.is_empty(), "node{i} differs from the recorded golden:\n{}", diff.join("\n"));
+        check_identity(&g, &root, &mut ids);
+    }
+
+    // A raw partition image, compressed (Kadeploy's ddzst): the node writes it
+    // through zstd onto its partition, golden UUID and all.
+    mounts.unmount_all();
+    let raw = out.join("root.img.zst");
+    sh("zstd", &["-q", "-f", golden.part(1).to_str().unwrap(), "-o", raw.to_str().unwrap()]).unwrap();
+    let raw_env = out.join("raw.yaml");
+    fs::write(
+        &raw_env,
+        "name: rawroot\nimage:\n  file: root.img.zst\n  kind: dd\n  compression: zstd\nos: linux\n",
+    )
+    .unwrap();
+    let target = LoopDisk::new(160 << 20);
+    let (golden_out, nodes) = deploy(
+        work.path(),
+        "rawdeploy",
+        &["--env", raw_env.to_str().unwrap(), "--env-partition", "1", "-r", "none"],
+        desc,
+        &[&target],
+    );
+    assert_eq!((golden_out.status.code(), nodes[0].status.code()), (Some(0), Some(0)));
+    assert_eq!(target.ids(1), golden.ids(1), "the raw image keeps its filesystem's identity");
+}
+
+/// `kacast clone ARGS -p sda desc` onto the targets.
+fn deploy(
+    work: &Path,
+    session: &str,
+    args: &[&str],
+    desc: &str,
+    targets: &[&LoopDisk],
+) -> (Output, Vec<Output>) {
+    let desc_file = work.join(format!("{session}.desc"));
+    fs::write(&desc_file, desc).unwrap();
+    let mut all = vec!["-p", "sda", desc_file.to_str().unwrap()];
+    all.extend(args);
+    run_rack(work, session, &all, "sda", targets)
 }

@@ -34,6 +34,27 @@ pub enum Cmd {
     Clone(CloneArgs),
     /// Node: join an install, partition, format, receive, restore the bootloader
     Install(InstallArgs),
+    /// Golden node: record this system as an image + Kadeploy environment description
+    Capture(CaptureArgs),
+}
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// Name of the environment (and of the files written)
+    #[arg(long)]
+    pub name: String,
+    /// Directory to write NAME.tar.zst, NAME.yaml and NAME.desc to
+    #[arg(short, long, default_value = ".")]
+    pub output: PathBuf,
+    /// Root of the golden system to record
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Record DIR empty (repeatable)
+    #[arg(short = 'x', long = "exclude", value_name = "DIR")]
+    pub exclude: Vec<PathBuf>,
+    /// Leave out the disks whose name matches this regular expression
+    #[arg(short = 'X', long = "leave-out", value_name = "REGEX")]
+    pub leave_out: Option<String>,
 }
 
 /// ka-d.sh's options, with kacast's additions.
@@ -75,6 +96,12 @@ pub struct CloneArgs {
     /// Nodes not in --hostnames take the name they joined with as hostname
     #[arg(long)]
     pub hostname_from_node: bool,
+    /// Deploy this recorded image (a Kadeploy environment description) instead of this system
+    #[arg(long, value_name = "FILE")]
+    pub env: Option<PathBuf>,
+    /// With --env: the partition of the first -p disk the image goes on (default: the first Linux one)
+    #[arg(long, value_name = "N", requires = "env")]
+    pub env_partition: Option<u32>,
     /// Print the plan and stop
     #[arg(long)]
     pub dry_run: bool,

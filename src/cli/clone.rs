@@ -5,18 +5,22 @@ use std::sync::{mpsc, Arc};
 
 use anyhow::{bail, Context, Result};
 use kacast::chain::Sink;
-use kacast::clone::{self, CloneConfig, InstallConfig};
+use kacast::clone::{self, CaptureConfig, CloneConfig, InstallConfig, Source};
 use kacast::disk::apply::DiskMap;
 use kacast::disk::bootloader::Firmware;
-use kacast::disk::golden::{read_golden, GoldenSpec, Sessions};
+use kacast::disk::golden::{read_golden, GoldenSpec, Sessions, TreeSource};
+use kacast::disk::kaenv::{local_path, Environment, ImageKind};
+use kacast::disk::recorded::RecordedImage;
 use kacast::disk::PreparePlan;
+use kacast::disk::{BootEntry, BootKind};
 use kacast::session::{ClientConfig, ServerConfig, Stats};
 
-use super::args::{CloneArgs, InstallArgs};
+use super::args::{CaptureArgs, CloneArgs, InstallArgs};
 use super::{key, progress, seconds};
 
 pub fn run_clone(a: CloneArgs) -> Result<i32> {
-    let descs = a.desc.chunks(2).map(|p| (p[0].clone(), p[1].clone().into())).collect();
+    let descs: Vec<(String, std::path::PathBuf)> =
+        a.desc.chunks(2).map(|p| (p[0].clone(), p[1].clone().into())).collect();
     let mut prepare = PreparePlan {
         hostname_from_node: a.hostname_from_node,
         keep_ssh_host_keys: a.keep_ssh_host_keys,
@@ -25,23 +29,33 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
     if let Some(path) = &a.hostnames {
         prepare.hostnames = read_hostnames(path)?;
     }
-    let golden = GoldenSpec {
-        root: a.root,
-        descs,
-        leave_out: a.leave_out,
-        excludes: a.exclude,
-        raw: a.raw,
-        bootloader: a.bootloader,
-        firmware: a.firmware.as_deref().map(|f| if f == "uefi" { Firmware::Uefi } else { Firmware::Bios }),
-        new_uuids: a.new_uuids,
-        prepare,
-        sessions: Sessions { base: a.session.clone() },
+    let sessions = Sessions { base: a.session.clone() };
+    let firmware = a.firmware.as_deref().map(|f| if f == "uefi" { Firmware::Uefi } else { Firmware::Bios });
+    let source = match &a.env {
+        Some(env) => Source::Recorded(recorded(env, &a, descs, firmware, prepare, sessions.clone())?),
+        None => Source::Live(GoldenSpec {
+            root: a.root.clone(),
+            descs,
+            leave_out: a.leave_out.clone(),
+            excludes: a.exclude.clone(),
+            raw: a.raw.clone(),
+            bootloader: a.bootloader.clone(),
+            firmware,
+            new_uuids: a.new_uuids,
+            prepare,
+            sessions: sessions.clone(),
+        }),
     };
     if a.dry_run {
-        let g = read_golden(&golden)?;
+        let g = match &source {
+            Source::Live(spec) => read_golden(spec)?,
+            Source::Recorded(image) => image.plan()?,
+        };
         println!("{}", g.plan.to_json());
-        if let Some(cmd) = g.tree_command {
-            eprintln!("files stream: {cmd}");
+        match g.tree {
+            Some(TreeSource::Command(cmd)) => eprintln!("files stream: {cmd}"),
+            Some(TreeSource::File(f)) => eprintln!("files stream: {}", f.display()),
+            None => {}
         }
         return Ok(0);
     }
@@ -57,7 +71,8 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
         server.discovery_port = None;
     }
     server.timeout = seconds(s.timeout, "--timeout")?;
-    let config = CloneConfig { golden, server, phase_timeout: seconds(a.phase_timeout, "--phase-timeout")? };
+    let config =
+        CloneConfig { source, sessions, server, phase_timeout: seconds(a.phase_timeout, "--phase-timeout")? };
     let report = clone::run_golden(config, watch)?;
     println!("{}", report.render());
     if let Some(p) = &a.report {
@@ -65,6 +80,77 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
         std::fs::write(p, json).with_context(|| format!("write {}", p.display()))?;
     }
     Ok(report.exit_code())
+}
+
+/// `--env FILE`: a Kadeploy environment description and its image.
+fn recorded(
+    path: &Path,
+    a: &CloneArgs,
+    descs: Vec<(String, std::path::PathBuf)>,
+    firmware: Option<Firmware>,
+    prepare: PreparePlan,
+    sessions: Sessions,
+) -> Result<RecordedImage> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let env = Environment::parse(&text, &path.display().to_string())?;
+    env.check()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let local = |file: &str| {
+        local_path(file, base).with_context(|| format!("{}: {file} is not a local file", path.display()))
+    };
+    let postinstalls = env
+        .postinstalls
+        .iter()
+        .map(|p| Ok((local(&p.archive)?, p.compression, p.script.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let bootloader = match a.bootloader.split_whitespace().next() {
+        Some("none") => BootKind::None,
+        _ => BootKind::Grub,
+    };
+    Ok(RecordedImage {
+        name: env.name.clone(),
+        file: local(&env.image.file)?,
+        tar: env.image.kind == ImageKind::Tar,
+        compression: env.image.compression,
+        filesystem: env.filesystem.clone(),
+        boot: env.boot.kernel.as_ref().map(|kernel| BootEntry {
+            title: env.name.clone(),
+            kernel: kernel.clone(),
+            initrd: env.boot.initrd.clone(),
+            kernel_params: env.boot.kernel_params.clone().unwrap_or_default(),
+        }),
+        postinstalls,
+        descs,
+        partition: a.env_partition,
+        bootloader,
+        firmware,
+        prepare,
+        sessions,
+    })
+}
+
+pub fn run_capture(a: CaptureArgs) -> Result<i32> {
+    let golden = GoldenSpec {
+        root: a.root,
+        descs: Vec::new(),
+        leave_out: a.leave_out,
+        excludes: a.exclude,
+        raw: Vec::new(),
+        bootloader: "none".into(),
+        firmware: None,
+        new_uuids: false,
+        prepare: PreparePlan::default(),
+        sessions: Sessions { base: "capture".into() },
+    };
+    let done = clone::capture(&CaptureConfig { golden, name: a.name, output: a.output })?;
+    println!(
+        "recorded {} ({}), described in {}; its disk layout: {}",
+        done.image.display(),
+        kacast::size::human(done.bytes),
+        done.description.display(),
+        done.desc.display()
+    );
+    Ok(0)
 }
 
 fn watch(session: &str, stats: Arc<Stats>, until: mpsc::Receiver<()>) {

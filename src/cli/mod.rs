@@ -31,6 +31,7 @@ pub fn main() -> i32 {
         Cmd::Desc(a) => desc(a),
         Cmd::Clone(a) => clone::run_clone(a),
         Cmd::Install(a) => clone::run_install(a),
+        Cmd::Capture(a) => clone::run_capture(a),
     };
     match result {
         Ok(code) => code,

@@ -8,13 +8,24 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::disk::golden::{read_golden, Golden, GoldenSpec};
+use crate::disk::golden::{read_golden, Golden, GoldenSpec, Sessions, TreeSource};
+use crate::disk::recorded::RecordedImage;
 use crate::error::{Error, Result};
 use crate::session::{Input, Server, ServerConfig, SessionReport, Stats};
 
+/// What is cloned.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// This golden node, live (`kacast clone`).
+    Live(GoldenSpec),
+    /// A recorded image (`kacast clone --env`).
+    Recorded(RecordedImage),
+}
+
 #[derive(Debug, Clone)]
 pub struct CloneConfig {
-    pub golden: GoldenSpec,
+    pub source: Source,
+    pub sessions: Sessions,
     /// Settings of every session (nodes, port, key, order…); the session name
     /// is set per session.
     pub server: ServerConfig,
@@ -78,18 +89,28 @@ pub fn run_golden(
     config: CloneConfig,
     watch: impl Fn(&str, Arc<Stats>, mpsc::Receiver<()>) + Send + Sync + Clone + 'static,
 ) -> Result<CloneReport> {
-    let Golden { plan, tree_command, raw_devices } =
-        read_golden(&config.golden).map_err(|e| Error::Config(format!("golden node: {e}")))?;
-    let sessions = &config.golden.sessions;
+    let golden = match &config.source {
+        Source::Live(spec) => read_golden(spec),
+        Source::Recorded(image) => image.plan(),
+    };
+    let Golden { plan, tree, raw_devices, postinstall_files } =
+        golden.map_err(|e| Error::Config(format!("golden node: {e}")))?;
     info!("plan:\n{}", plan.to_json());
-    let mut steps: Vec<(String, Input)> = vec![(sessions.plan(), plan_input(plan.to_json()))];
-    if let (Some(s), Some(cmd)) = (&plan.tree_session, tree_command) {
-        steps.push((s.clone(), Input::Command(cmd)));
+    let mut steps: Vec<(String, Input)> = vec![(config.sessions.plan(), plan_input(plan.to_json()))];
+    if let (Some(s), Some(tree)) = (&plan.tree_session, tree) {
+        let input = match tree {
+            TreeSource::Command(cmd) => Input::Command(cmd),
+            TreeSource::File(path) => Input::File(path),
+        };
+        steps.push((s.clone(), input));
     }
     for (r, dev) in plan.raw.iter().zip(raw_devices) {
         steps.push((r.session.clone(), Input::File(dev)));
     }
-    steps.push((sessions.end(), Input::Reader(Box::new(std::io::empty()))));
+    for (p, file) in plan.postinstalls.iter().zip(postinstall_files) {
+        steps.push((p.session.clone(), Input::File(file)));
+    }
+    steps.push((config.sessions.end(), Input::Reader(Box::new(std::io::empty()))));
 
     let mut server_config = config.server.clone();
     let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();

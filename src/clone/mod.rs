@@ -16,8 +16,10 @@
 //! golden node stops waiting for it. The golden node's [`CloneReport`] gives
 //! every node's last step and why it failed.
 
+mod capture;
 mod golden;
 mod node;
 
-pub use golden::{run_golden, CloneConfig, CloneReport, NodeStatus};
+pub use capture::{capture, CaptureConfig, Captured};
+pub use golden::{run_golden, CloneConfig, CloneReport, NodeStatus, Source};
 pub use node::{install, InstallConfig, InstallOutcome};

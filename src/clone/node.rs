@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::chain::Sink;
 use crate::disk::apply::{self, DiskMap, Mounted};
 use crate::disk::golden::Sessions;
-use crate::disk::Plan;
+use crate::disk::{tar, Plan};
 use crate::error::{Error, Result};
 use crate::session::{Client, ClientConfig};
 
@@ -72,7 +72,13 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
         plan.disks.len(),
         plan.filesystems.len()
     ));
-    next = Next::new(config, &plan.raw.iter().map(|r| r.session.clone()).collect::<Vec<_>>());
+    let later: Vec<String> = plan
+        .raw
+        .iter()
+        .map(|r| r.session.clone())
+        .chain(plan.postinstalls.iter().map(|p| p.session.clone()))
+        .collect();
+    next = Next::new(config, &later);
     if plan.tree_session.is_none() {
         next.sessions.retain(|x| *x != s.tree());
     }
@@ -95,18 +101,34 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     // 3. The streams.
     let plan = mounted.checked.plan.clone();
     if let Some(tree) = &plan.tree_session {
-        let sink = Sink::Command(crate::disk::tar::extract_command(&mounted.checked.root));
+        let sink = Sink::Command(tar::extract_command(&mounted.checked.root, plan.tree_compression));
         if let Err(e) = receive(config, next.take(), tree, sink) {
             return Ok(failed(&mut mounted, format!("receiving the filesystems: {e}"), log));
         }
         say("filesystems received and extracted");
     }
     for r in &plan.raw {
-        let sink = Sink::File(mounted.raw_device(&r.disk, r.partition));
+        let dev = mounted.raw_device(&r.disk, r.partition);
+        let sink = match tar::raw_write_command(&dev, r.compression) {
+            Some(cmd) => Sink::Command(cmd),
+            None => Sink::File(dev),
+        };
         if let Err(e) = receive(config, next.take(), &r.session, sink) {
             return Ok(failed(&mut mounted, format!("receiving raw partition {}: {e}", r.partition), log));
         }
         say(&format!("raw image of {} partition {} written", r.disk, r.partition));
+    }
+    for (i, p) in plan.postinstalls.iter().enumerate() {
+        let dir = config.work_dir.join(format!("postinstall{i}"));
+        let sink = Sink::Command(format!(
+            "mkdir -p {0} && {1}",
+            tar::sh_quote(&dir.to_string_lossy()),
+            tar::extract_command(&dir, p.compression)
+        ));
+        if let Err(e) = receive(config, next.take(), &p.session, sink) {
+            return Ok(failed(&mut mounted, format!("receiving post-install {i}: {e}"), log));
+        }
+        mounted.postinstall_dirs.push(dir);
     }
     // 4. Finish, unmount, report.
     let finished = mounted.finish(&mut |p| {

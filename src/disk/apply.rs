@@ -214,6 +214,8 @@ pub struct Mounted {
     /// The ESP, when it travels raw and this kernel cannot mount FAT: the
     /// bootloader then writes into it with mtools.
     esp_unmounted: Option<PathBuf>,
+    /// Where each post-install archive was extracted, in plan order.
+    pub postinstall_dirs: Vec<PathBuf>,
 }
 
 /// Wipes, partitions and formats every disk of the plan, then mounts the
@@ -236,6 +238,9 @@ pub fn prepare_disks(c: Checked, phase: &mut dyn FnMut(&str)) -> Result<Mounted>
                 new_uuids.push((old.clone(), new.clone()));
                 Some(new)
             }
+            // A filesystem the golden node did not name by UUID (a recorded
+            // image's) gets one, so fstab and GRUB can find it.
+            (None, _) if c.plan.raw_of(fs).is_none() => Some(mkfs::new_uuid(&fs.fstype)),
             (old, _) => old.clone(),
         };
         if let Some(u) = &uuid {
@@ -251,7 +256,15 @@ pub fn prepare_disks(c: Checked, phase: &mut dyn FnMut(&str)) -> Result<Mounted>
         phase(&format!("formatting {} as {}", dev.display(), fs.fstype));
         mkfs::make(&dev, &fs.fstype, uuid.as_deref(), fs.label.as_deref())?;
     }
-    let mut m = Mounted { checked: c, mounts: Vec::new(), new_uuids, uuids, serials, esp_unmounted: None };
+    let mut m = Mounted {
+        checked: c,
+        mounts: Vec::new(),
+        new_uuids,
+        uuids,
+        serials,
+        esp_unmounted: None,
+        postinstall_dirs: Vec::new(),
+    };
     let order: Vec<PlanFs> = m.checked.plan.mount_order().into_iter().cloned().collect();
     for fs in order {
         let mp = fs.mount_point.as_deref().expect("mount_order has no swap");
@@ -348,17 +361,61 @@ impl Mounted {
             let changed = prepare::rewrite_uuids(&self.checked.root, &self.new_uuids)?;
             done.extend(changed.iter().map(|p| format!("new UUIDs written in {}", p.display())));
         }
-        phase("preparing the node (machine-id, ssh keys, leases, hostname)");
-        let p = Prepare {
-            hostname: self.checked.hostname.clone(),
-            keep_ssh_host_keys: plan.prepare.keep_ssh_host_keys,
-        };
-        done.extend(prepare::prepare_node(&self.checked.root, &p)?);
+        if plan.write_fstab {
+            let fstab =
+                super::recorded::fstab_for(plan, |f| self.uuids.get(&(f.disk.clone(), f.partition)).cloned());
+            let path = self.target("/etc/fstab");
+            fs::create_dir_all(self.target("/etc")).map_err(|e| DiskError::io("create /etc", e))?;
+            fs::write(&path, fstab).map_err(|e| DiskError::io(format!("write {}", path.display()), e))?;
+            done.push("wrote /etc/fstab for this layout".into());
+        }
+        // Raw images only: no system tree of ours to make distinct.
+        if !plan.mount_order().is_empty() {
+            phase("preparing the node (machine-id, ssh keys, leases, hostname)");
+            let hostname = self.checked.hostname.clone();
+            let p = Prepare { hostname, keep_ssh_host_keys: plan.prepare.keep_ssh_host_keys };
+            done.extend(prepare::prepare_node(&self.checked.root, &p)?);
+        }
+        for (p, dir) in plan.postinstalls.iter().zip(&self.postinstall_dirs) {
+            if let Some(script) = &p.script {
+                phase(&format!("running post-install {script}"));
+                done.push(self.run_postinstall(script, dir)?);
+            }
+        }
         if plan.bootloader.kind == BootKind::Grub {
+            self.write_boot_entry(&mut done)?;
             phase("restoring the bootloader");
             done.extend(self.restore_grub()?);
         }
         Ok(done)
+    }
+
+    /// Kadeploy's post-install contract: the script runs from its archive's
+    /// directory with `KADEPLOY_ENV_EXTRACTION_DIR` naming the clone's root.
+    fn run_postinstall(&self, script: &str, dir: &Path) -> Result<String> {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(script).current_dir(dir);
+        cmd.env("KADEPLOY_ENV_EXTRACTION_DIR", &self.checked.root)
+            .env("KADEPLOY_PREPOST_EXTRACTION_DIR", dir);
+        tool::run_command(cmd, "post-install script", script, None)?;
+        Ok(format!("post-install `{script}` ran"))
+    }
+
+    /// A recorded image without a grub.cfg gets one booting its kernel.
+    fn write_boot_entry(&self, done: &mut Vec<String>) -> Result<()> {
+        let plan = &self.checked.plan;
+        let (Some(entry), Some(root)) = (&plan.boot_entry, plan.filesystem_at("/")) else { return Ok(()) };
+        let cfg = self.target("/boot/grub/grub.cfg");
+        if cfg.exists() {
+            return Ok(());
+        }
+        let boot = plan.filesystem_of("/boot/grub").unwrap_or(root);
+        let uuid = self.uuids.get(&(boot.disk.clone(), boot.partition)).cloned().unwrap_or_default();
+        let text = super::recorded::grub_cfg(entry, &uuid, boot.mount_point.as_deref() == Some("/boot"));
+        fs::create_dir_all(self.target("/boot/grub")).map_err(|e| DiskError::io("create /boot/grub", e))?;
+        fs::write(&cfg, text).map_err(|e| DiskError::io(format!("write {}", cfg.display()), e))?;
+        done.push(format!("wrote /boot/grub/grub.cfg booting {}", entry.kernel));
+        Ok(())
     }
 
     fn restore_grub(&self) -> Result<Vec<String>> {

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::blockdev::{self, Disk, Mount};
 use super::bootloader::Firmware;
+use super::compression::Compression;
 use super::desc::Desc;
 use super::error::{DiskError, Result};
 use super::fstab::{self, FstabEntry};
@@ -76,10 +77,21 @@ impl Sessions {
 #[derive(Debug, Clone)]
 pub struct Golden {
     pub plan: Plan,
-    /// The shell command producing the tar stream of the filesystems.
-    pub tree_command: Option<String>,
-    /// Golden devices of the raw partitions, in `plan.raw` order.
+    /// Where the tar stream of the filesystems comes from.
+    pub tree: Option<TreeSource>,
+    /// Golden devices (or image files) of the raw partitions, in `plan.raw` order.
     pub raw_devices: Vec<PathBuf>,
+    /// Post-install archives, in `plan.postinstalls` order.
+    pub postinstall_files: Vec<PathBuf>,
+}
+
+/// The tar stream: read live from the golden node, or a recorded image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TreeSource {
+    /// A shell command writing it (tar of the golden filesystems).
+    Command(String),
+    /// A (compressed) tarball, sent as it is stored.
+    File(PathBuf),
 }
 
 /// A golden filesystem found from its fstab line.
@@ -140,7 +152,8 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
             continue;
         }
         let bytes = device_bytes(&dev)?;
-        raw.push(RawPartition { disk, partition, bytes, session: spec.sessions.raw(raw.len()) });
+        let session = spec.sessions.raw(raw.len());
+        raw.push(RawPartition { disk, partition, bytes, session, compression: Compression::None });
         raw_devices.push(dev);
     }
     let needed = found.iter().map(|f| f.disk.clone()).chain(raw.iter().map(|r| r.disk.clone()));
@@ -184,16 +197,20 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
         prepare: spec.prepare.clone(),
         new_uuids: spec.new_uuids,
         tree_session,
+        tree_compression: Compression::None,
+        write_fstab: false,
+        boot_entry: None,
+        postinstalls: Vec::new(),
     };
     plan.check().map_err(|e| DiskError::Other(format!("the golden node gives an unusable {e}")))?;
-    let tree_command = plan.tree_session.as_ref().map(|_| tar_create_command(&root, &plan));
+    let tree = plan.tree_session.as_ref().map(|_| TreeSource::Command(tar_create_command(&root, &plan)));
     info!(
         "plan: {} disks, {} filesystems, {} raw partitions",
         plan.disks.len(),
         plan.filesystems.len(),
         plan.raw.len()
     );
-    Ok(Golden { plan, tree_command, raw_devices })
+    Ok(Golden { plan, tree, raw_devices, postinstall_files: Vec::new() })
 }
 
 /// Finds the partition behind one fstab line, or `None` for lines that are not

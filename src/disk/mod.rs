@@ -44,15 +44,18 @@
 pub mod apply;
 pub mod blockdev;
 pub mod bootloader;
+pub mod compression;
 mod desc;
 mod error;
 pub mod fat;
 mod fstab;
 pub mod golden;
+pub mod kaenv;
 mod layout;
 pub mod mkfs;
 pub mod plan;
 pub mod prepare;
+pub mod recorded;
 mod sfdisk;
 mod size;
 pub mod tar;
@@ -62,7 +65,9 @@ mod types;
 pub use desc::{Desc, DescError, Partition, FIRST_LOGICAL, GPT_NAME_MAX, MBR_MAX_PRIMARIES};
 pub use error::DiskError;
 pub use layout::{Layout, LayoutError, Placed, ALIGN, GPT_BACKUP_SECTORS, MBR_MAX_SECTORS, SECTOR};
-pub use plan::{BootKind, BootPlan, Excluded, Plan, PlanDisk, PlanError, PlanFs, PreparePlan, RawPartition};
+pub use plan::{
+    BootEntry, BootKind, BootPlan, Excluded, Plan, PlanDisk, PlanError, PlanFs, PreparePlan, RawPartition,
+};
 pub use sfdisk::SFDISK_JSON_SOURCE;
 pub use size::{Size, MIB};
 pub use types::{Guid, Label, PartType, GPT_MAX_PARTITIONS, MBR_EXTENDED};

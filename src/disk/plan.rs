@@ -14,6 +14,7 @@ use std::path::{Component, Path};
 use serde::{Deserialize, Serialize};
 
 use super::bootloader::Firmware;
+use super::compression::Compression;
 use super::desc::Desc;
 use super::mkfs;
 use super::prepare::valid_hostname;
@@ -54,6 +55,45 @@ pub struct Plan {
     /// The session carrying the tar stream of the filesystems (`None`: no
     /// filesystem to extract, only raw partitions).
     pub tree_session: Option<String>,
+    /// How the tar stream is compressed: a recorded image travels as it is
+    /// stored (a live golden node sends plain tar).
+    #[serde(default)]
+    pub tree_compression: Compression,
+    /// Write the clone's /etc/fstab from the plan: a recorded image was not
+    /// made for this layout, and its filesystems get new UUIDs.
+    #[serde(default)]
+    pub write_fstab: bool,
+    /// What to boot when the clone has no grub.cfg of its own (a recorded
+    /// image's kernel and initrd).
+    #[serde(default)]
+    pub boot_entry: Option<BootEntry>,
+    /// Kadeploy-style post-install archives, each in its own session,
+    /// extracted on the node and their script run with the clone mounted.
+    #[serde(default)]
+    pub postinstalls: Vec<PostinstallPlan>,
+}
+
+/// A kernel to boot, as paths inside the clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootEntry {
+    pub title: String,
+    pub kernel: String,
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub kernel_params: String,
+}
+
+/// A post-install archive and the script to run from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostinstallPlan {
+    pub session: String,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Run from the extracted archive's directory, with
+    /// `KADEPLOY_ENV_EXTRACTION_DIR` set to the clone's root (Kadeploy's contract).
+    pub script: Option<String>,
 }
 
 /// One disk to partition, by the golden node's name for it (`sda`).
@@ -111,8 +151,12 @@ pub struct Excluded {
 pub struct RawPartition {
     pub disk: String,
     pub partition: u32,
+    /// The image's size as sent: for a compressed image, a lower bound of
+    /// what it needs on the node.
     pub bytes: u64,
     pub session: String,
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +337,18 @@ impl Plan {
                 return bad(format!("raw image of {} partition {} is empty", r.disk, r.partition));
             }
         }
+        for p in &self.postinstalls {
+            check_session(&p.session)?;
+            if !sessions.insert(p.session.as_str()) {
+                return bad(format!("session {} is used twice", p.session));
+            }
+        }
+        if let Some(b) = &self.boot_entry {
+            check_path("boot entry kernel", &b.kernel)?;
+            if let Some(i) = &b.initrd {
+                check_path("boot entry initrd", i)?;
+            }
+        }
         for x in &self.excludes {
             check_path("excluded directory", &x.path)?;
             if x.path == "/" {
@@ -400,7 +456,7 @@ fn check_session(name: &str) -> Result<(), PlanError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Plan {
@@ -430,6 +486,10 @@ mod tests {
             prepare: PreparePlan::default(),
             new_uuids: false,
             tree_session: Some("kainstall2".into()),
+            tree_compression: Compression::None,
+            write_fstab: false,
+            boot_entry: None,
+            postinstalls: vec![],
         }
     }
 
@@ -468,7 +528,13 @@ mod tests {
     #[test]
     fn a_filesystem_with_a_raw_image_travels_raw() {
         let mut plan = sample();
-        plan.raw.push(RawPartition { disk: "sda".into(), partition: 5, bytes: 9, session: "k3".into() });
+        plan.raw.push(RawPartition {
+            disk: "sda".into(),
+            partition: 5,
+            bytes: 9,
+            session: "k3".into(),
+            compression: Compression::None,
+        });
         let plan = Plan::parse(plan.to_json().as_bytes()).unwrap();
         let tar: Vec<_> = plan.mount_order().iter().map(|f| f.partition).collect();
         assert_eq!(tar, [1, 6]);
@@ -529,7 +595,13 @@ mod tests {
             (Box::new(|p| p.tree_session = Some("bad name".into())), "session"),
             (
                 Box::new(|p| {
-                    let r = RawPartition { disk: "sda".into(), partition: 5, bytes: 9, session: "k3".into() };
+                    let r = RawPartition {
+                        disk: "sda".into(),
+                        partition: 5,
+                        bytes: 9,
+                        session: "k3".into(),
+                        compression: Compression::None,
+                    };
                     p.raw.push(r.clone());
                     p.raw.push(RawPartition { session: "k4".into(), ..r });
                 }),
@@ -543,6 +615,7 @@ mod tests {
                         partition: 1,
                         bytes: 9,
                         session: "k3".into(),
+                        compression: Compression::None,
                     })
                 }),
                 "/ travels as a raw image",

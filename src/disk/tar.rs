@@ -22,6 +22,7 @@
 
 use std::path::Path;
 
+use super::compression::Compression;
 use super::plan::Plan;
 
 const XATTRS: &str = "--xattrs --xattrs-include='*' --xattrs-exclude='trusted.SGI_ACL_*'";
@@ -32,11 +33,16 @@ const XATTRS: &str = "--xattrs --xattrs-include='*' --xattrs-exclude='trusted.SG
 /// 1 (a file changed while it was read — a live golden node) is a warning.
 pub fn tar_create_command(root: &Path, plan: &Plan) -> String {
     let mut cmd = format!(
-        "tar --create --file=- --directory={} --one-file-system --numeric-owner {XATTRS} --sparse --format=posix --warning=no-file-ignored --anchored --no-wildcards",
+        "tar --create --file=- --directory={} --one-file-system --numeric-owner {XATTRS} --sparse --format=posix --warning=no-file-ignored --anchored --wildcards",
         sh_quote(&root.to_string_lossy())
     );
+    // The contents, not the directory: it travels empty with its mode, owner
+    // and mtime, so a recording is whole without the plan's excludes.
     for x in &plan.excludes {
-        cmd.push_str(&format!(" --exclude={}", sh_quote(&format!(".{}", x.path))));
+        cmd.push_str(&format!(
+            " --exclude={}",
+            sh_quote(&format!("{}/*", escape_glob(&format!(".{}", x.path))))
+        ));
     }
     for fs in plan.mount_order() {
         let m = fs.mount_point.as_deref().unwrap_or("/");
@@ -51,11 +57,34 @@ pub fn tar_create_command(root: &Path, plan: &Plan) -> String {
 
 /// The node side's tar: extracts into the mounted root keeping everything the
 /// golden side sent.
-pub fn extract_command(root: &Path) -> String {
-    format!(
+pub fn extract_command(root: &Path, compression: Compression) -> String {
+    let mut cmd = format!(
         "tar --extract --file=- --directory={} --numeric-owner --same-owner --preserve-permissions {XATTRS} --warning=no-timestamp --delay-directory-restore",
         sh_quote(&root.to_string_lossy())
-    )
+    );
+    if let Some(flag) = compression.tar_flag() {
+        cmd.push(' ');
+        cmd.push_str(flag);
+    }
+    cmd
+}
+
+/// The node's sink for a raw image: straight to the partition, or through
+/// its decompressor.
+pub fn raw_write_command(device: &Path, compression: Compression) -> Option<String> {
+    compression.decompress_command().map(|d| format!("{d} > {}", sh_quote(&device.to_string_lossy())))
+}
+
+/// Makes a path match only itself as a tar wildcard pattern.
+fn escape_glob(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Quotes a word for `sh -c`.
@@ -79,9 +108,37 @@ mod tests {
     }
 
     #[test]
+    fn excluded_directories_are_sent_empty() {
+        assert_eq!(escape_glob("./a*b[1]"), r"./a\*b\[1\]");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("tmp/sub")).unwrap();
+        std::fs::create_dir_all(root.join("tmpx")).unwrap();
+        std::fs::write(root.join("tmp/.hidden"), "x").unwrap();
+        std::fs::write(root.join("tmp/sub/f"), "x").unwrap();
+        std::fs::write(root.join("tmpx/kept"), "x").unwrap();
+        let mut plan = crate::disk::plan::tests::sample();
+        plan.filesystems.retain(|f| f.mount_point.as_deref() == Some("/"));
+        let list = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("( {} ) | tar -t", tar_create_command(&root, &plan)))
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&list.stdout);
+        let names: Vec<&str> = names.lines().collect();
+        assert!(names.contains(&"./tmp/") && names.contains(&"./tmpx/kept"), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("./tmp/") && *n != "./tmp/"), "{names:?}");
+    }
+
+    #[test]
     fn extract_command_quotes_the_root() {
-        let c = extract_command(Path::new("/mnt/it's"));
+        let c = extract_command(Path::new("/mnt/it's"), Compression::None);
         assert!(c.contains(r"--directory='/mnt/it'\''s'"), "{c}");
         assert!(c.contains("--xattrs-include='*'") && !c.contains("--acls"), "{c}");
+        assert!(extract_command(Path::new("/r"), Compression::Zstd).ends_with(" --zstd"));
+        assert_eq!(
+            raw_write_command(Path::new("/dev/sda2"), Compression::Gzip).unwrap(),
+            "gzip -dc > '/dev/sda2'"
+        );
     }
 }
