@@ -581,3 +581,94 @@ fn deploy(
     all.extend(args);
     run_rack(work, session, &all, "sda", targets)
 }
+
+/// Boots `disk` under QEMU (TCG, SeaBIOS) and returns what its serial port
+/// said once `marker` appeared (or everything, if it never did).
+fn boot_until(disk: &LoopDisk, marker: &str, work: &Path) -> String {
+    let serial = work.join(format!("{}.serial", disk.name()));
+    let drive = format!("file={},format=raw,if=ide", disk.dev.display());
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-drive", &drive])
+        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // QEMU writes the serial port to a file: read it until the marker shows
+    // or QEMU stops (the grub.cfg halts), with a deadline for a hung boot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let log = loop {
+        let log = fs::read_to_string(&serial).unwrap_or_default();
+        let stopped = qemu.try_wait().unwrap().is_some();
+        if log.contains(marker) || stopped || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    log
+}
+
+/// `--new-uuids`: every node gets its own filesystem UUIDs, its fstab and
+/// grub.cfg follow, and its disk still boots through GRUB (under QEMU).
+#[test]
+fn new_uuids_give_each_node_its_own_and_the_clone_still_boots() {
+    if let Some(why) = cannot_run().or_else(|| common::missing_tool("qemu-system-x86_64")) {
+        return common::skip(&why);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    let desc = "linux 100\nswap 16\n";
+    let golden = golden_disk(desc, 128 << 20);
+    sh("mkfs.ext4", &["-q", "-F", "-L", "root", golden.part(1).to_str().unwrap()]).unwrap();
+    sh("mkswap", &["-L", "swap", golden.part(2).to_str().unwrap()]).unwrap();
+    let g = work.path().join("golden");
+    let mut mounts = Mounts::default();
+    mount_clone(&mut mounts, &golden, &g, &[(1, "/", &[])]);
+    let (root_uuid, swap_uuid) = (uuid(&golden.part(1)), uuid(&golden.part(2)));
+    fs::create_dir_all(g.join("etc")).unwrap();
+    fs::write(
+        g.join("etc/fstab"),
+        format!("UUID={root_uuid} / ext4 defaults 0 1\nUUID={swap_uuid} none swap sw 0 0\n"),
+    )
+    .unwrap();
+    fs::create_dir_all(g.join("boot/grub")).unwrap();
+    let cfg = format!(
+        "serial --unit=0 --speed=115200\nterminal_output serial\nsearch --no-floppy --fs-uuid --set=root {root_uuid}\necho KACAST-CLONE-BOOTED-FROM-$root\nhalt\n"
+    );
+    fs::write(g.join("boot/grub/grub.cfg"), cfg).unwrap();
+    write_identity(&g);
+
+    let targets: Vec<LoopDisk> = (0..2).map(|_| LoopDisk::new(128 << 20)).collect();
+    let all: Vec<&LoopDisk> = targets.iter().collect();
+    let name = golden.name();
+    let desc_file = work.path().join("desc");
+    fs::write(&desc_file, desc).unwrap();
+    let args = ["-p", &name, desc_file.to_str().unwrap(), "--root", g.to_str().unwrap(), "--new-uuids"];
+    let (golden_out, nodes) = run_rack(work.path(), "newuuids", &args, &name, &all);
+    assert_eq!(golden_out.status.code(), Some(0));
+    let mut seen = BTreeSet::from([root_uuid.clone(), swap_uuid.clone()]);
+    for (i, t) in targets.iter().enumerate() {
+        assert_eq!(nodes[i].status.code(), Some(0), "node{i}");
+        let (r, s) = (uuid(&t.part(1)), uuid(&t.part(2)));
+        assert!(seen.insert(r.clone()) && seen.insert(s.clone()), "node{i} reuses a UUID");
+        assert_eq!(t.ids(1).rsplit(' ').next(), Some("root"), "labels are kept");
+        let root = work.path().join(format!("check{i}"));
+        let mut m = Mounts::default();
+        mount_clone(&mut m, t, &root, &[(1, "/", &[])]);
+        let fstab = fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert!(
+            fstab.contains(&format!("UUID={r} /")) && fstab.contains(&format!("UUID={s} none")),
+            "{fstab}"
+        );
+        let grub = fs::read_to_string(root.join("boot/grub/grub.cfg")).unwrap();
+        assert!(grub.contains(&r) && !grub.contains(&root_uuid), "{grub}");
+        m.unmount_all();
+        let log = boot_until(t, "KACAST-CLONE-BOOTED-FROM-", work.path());
+        assert!(
+            log.contains("KACAST-CLONE-BOOTED-FROM-hd0,msdos1"),
+            "node{i}'s disk did not boot its clone:\n{log}"
+        );
+    }
+}

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use tracing::info;
 
 use crate::disk::compression::Compression;
+use crate::disk::env::{find_boot, Environment, Image, ImageKind};
 use crate::disk::golden::{read_golden, GoldenSpec, TreeSource};
-use crate::disk::kaenv::{find_boot, Environment, Image, ImageKind};
 use crate::disk::PartType;
 use crate::error::{Error, Result};
 

@@ -61,7 +61,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     }
     let bytes =
         std::fs::read(&plan_file).map_err(|e| Error::Config(format!("{}: {e}", plan_file.display())))?;
-    let mut next = Next::new(config, &[]);
+    let mut next = Next::new(config);
     let plan = match Plan::parse(&bytes) {
         Ok(p) => p,
         Err(e) => return next.withdraw(format!("{e}"), log),
@@ -72,16 +72,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
         plan.disks.len(),
         plan.filesystems.len()
     ));
-    let later: Vec<String> = plan
-        .raw
-        .iter()
-        .map(|r| r.session.clone())
-        .chain(plan.postinstalls.iter().map(|p| p.session.clone()))
-        .collect();
-    next = Next::new(config, &later);
-    if plan.tree_session.is_none() {
-        next.sessions.retain(|x| *x != s.tree());
-    }
+    next = Next::of_plan(config, &plan);
     // 2. Check, then partition, format, mount.
     let checked = match apply::check(plan, &config.disks, &config.root, &config.client.name) {
         Ok(c) => c,
@@ -100,9 +91,9 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     say("disks partitioned, formatted and mounted");
     // 3. The streams.
     let plan = mounted.checked.plan.clone();
-    if let Some(tree) = &plan.tree_session {
+    if plan.tree_session.is_some() {
         let sink = Sink::Command(tar::extract_command(&mounted.checked.root, plan.tree_compression));
-        if let Err(e) = receive(config, next.take(), tree, sink) {
+        if let Err(e) = next.receive(sink) {
             return Ok(failed(&mut mounted, format!("receiving the filesystems: {e}"), log));
         }
         say("filesystems received and extracted");
@@ -113,7 +104,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
             Some(cmd) => Sink::Command(cmd),
             None => Sink::File(dev),
         };
-        if let Err(e) = receive(config, next.take(), &r.session, sink) {
+        if let Err(e) = next.receive(sink) {
             return Ok(failed(&mut mounted, format!("receiving raw partition {}: {e}", r.partition), log));
         }
         say(&format!("raw image of {} partition {} written", r.disk, r.partition));
@@ -125,7 +116,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
             tar::sh_quote(&dir.to_string_lossy()),
             tar::extract_command(&dir, p.compression)
         ));
-        if let Err(e) = receive(config, next.take(), &p.session, sink) {
+        if let Err(e) = next.receive(sink) {
             return Ok(failed(&mut mounted, format!("receiving post-install {i}: {e}"), log));
         }
         mounted.postinstall_dirs.push(dir);
@@ -162,17 +153,36 @@ struct Next<'a> {
 }
 
 impl<'a> Next<'a> {
-    fn new(config: &'a InstallConfig, raw: &[String]) -> Next<'a> {
-        let s = &config.sessions;
-        let mut sessions = vec![s.tree()];
-        sessions.extend(raw.iter().cloned());
-        sessions.push(s.end());
+    /// Before the plan is known: the session a refusal is reported to.
+    fn new(config: &'a InstallConfig) -> Next<'a> {
+        Next { config, sessions: vec![config.sessions.tree(), config.sessions.end()] }
+    }
+
+    /// The plan's sessions in the order the golden node serves them.
+    fn of_plan(config: &'a InstallConfig, plan: &Plan) -> Next<'a> {
+        let data = plan.tree_session.iter().cloned();
+        let raw = plan.raw.iter().map(|r| r.session.clone());
+        let post = plan.postinstalls.iter().map(|p| p.session.clone());
+        let sessions = data.chain(raw).chain(post).chain([config.sessions.end()]).collect();
         Next { config, sessions }
     }
 
     /// The next session, which this node now takes part in.
     fn take(&mut self) -> String {
         self.sessions.remove(0)
+    }
+
+    /// Takes part in the next session, a data one; the golden node learns
+    /// the outcome from it.
+    fn receive(&mut self, sink: Sink) -> std::result::Result<(), String> {
+        let session = self.take();
+        let config = client(self.config, &session, sink, true);
+        let report = Client::bind(config).and_then(Client::run).map_err(|e| e.to_string())?;
+        if report.ok() {
+            Ok(())
+        } else {
+            Err(report.outcome.error.unwrap_or_else(|| "stream hash mismatch".into()))
+        }
     }
 
     /// Leaves the install before any data: tells the next session why.
@@ -192,23 +202,6 @@ fn client(config: &InstallConfig, session: &str, sink: Sink, later: bool) -> Cli
         c.wait = Some(config.phase_timeout);
     }
     c
-}
-
-/// Takes part in a data session; the golden node learns the outcome from it.
-fn receive(
-    config: &InstallConfig,
-    expected: String,
-    session: &str,
-    sink: Sink,
-) -> std::result::Result<(), String> {
-    debug_assert_eq!(expected, session);
-    let report =
-        Client::bind(client(config, session, sink, true)).and_then(Client::run).map_err(|e| e.to_string())?;
-    if report.ok() {
-        Ok(())
-    } else {
-        Err(report.outcome.error.unwrap_or_else(|| "stream hash mismatch".into()))
-    }
 }
 
 fn failed(mounted: &mut Mounted, why: String, mut log: Vec<String>) -> InstallOutcome {

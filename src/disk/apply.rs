@@ -442,7 +442,13 @@ impl Mounted {
             esp: esp_dir.as_deref(),
             esp_device: self.esp_unmounted.as_deref(),
         };
-        bootloader::restore(&target, self.checked.firmware, plan.bootloader.rebuild_initramfs)
+        // New UUIDs are also baked into the clone's initramfs (resume device,
+        // dracut's host-only root): rebuild it when the clone can.
+        let can_rebuild = ["usr/sbin/update-initramfs", "usr/bin/dracut", "sbin/update-initramfs"]
+            .iter()
+            .any(|t| self.checked.root.join(t).exists());
+        let rebuild = plan.bootloader.rebuild_initramfs || (plan.new_uuids && can_rebuild);
+        bootloader::restore(&target, self.checked.firmware, rebuild)
     }
 
     /// Sets new FAT serials and mounts the filesystems that came as raw
