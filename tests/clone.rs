@@ -39,6 +39,9 @@ const TOOLS: &[&str] = &[
     "tar",
     "grub-mkimage",
     "mount",
+    "mcopy",
+    "zstd",
+    "qemu-system-x86_64",
 ];
 
 fn cannot_run() -> Option<String> {
@@ -467,7 +470,7 @@ fn a_missing_a_mounted_or_a_small_disk_is_refused_and_left_byte_identical() {
 /// image (Kadeploy's ddzst kind) onto fresh disks partitioned from a desc.
 #[test]
 fn a_recorded_image_and_a_raw_one_deploy_from_kadeploy_descriptions() {
-    if let Some(why) = cannot_run().or_else(|| common::missing_tool("zstd")) {
+    if let Some(why) = cannot_run() {
         return common::skip(&why);
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
