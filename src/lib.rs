@@ -18,6 +18,8 @@ pub mod demo;
 pub mod disk;
 pub mod error;
 pub mod io;
+pub mod kascade;
+pub mod launch;
 pub mod net;
 pub mod protocol;
 pub mod session;

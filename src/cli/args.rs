@@ -36,6 +36,17 @@ pub enum Cmd {
     Install(InstallArgs),
     /// Golden node: record this system as an image + Kadeploy environment description
     Capture(CaptureArgs),
+    /// Kascade's command line (Kadeploy3's broadcast tool): kacast kascade -i FILE -n NODEFILE -O CMD …
+    Kascade(PassThrough),
+    /// Kastafior's command line: kacast kastafior [-c CONNECTOR] -- -s SRC -c CMD -n NODEFILE
+    Kastafior(PassThrough),
+}
+
+/// Arguments handed on unparsed, to a tool's own command line.
+#[derive(Args)]
+pub struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Args)]

@@ -21,6 +21,15 @@ use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServerArgs};
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
+    // Installed as (or linked to) `kascade` or `kastafior`: Kadeploy3 runs
+    // kacast as its broadcast tool with their command lines.
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv.first().and_then(|a| std::path::Path::new(a).file_name()).and_then(|n| n.to_str());
+    match invoked_as {
+        Some("kascade") => return kascade(&argv[1..]),
+        Some("kastafior") => return kastafior(&argv[1..]),
+        _ => {}
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
@@ -32,6 +41,8 @@ pub fn main() -> i32 {
         Cmd::Clone(a) => clone::run_clone(a),
         Cmd::Install(a) => clone::run_install(a),
         Cmd::Capture(a) => clone::run_capture(a),
+        Cmd::Kascade(a) => return kascade(&a.args),
+        Cmd::Kastafior(a) => return kastafior(&a.args),
     };
     match result {
         Ok(code) => code,
@@ -42,6 +53,44 @@ pub fn main() -> i32 {
     }
 }
 
+/// Kascade's command line: a bad one still leaves every node it names in
+/// the ko file, because Kadeploy reads both files whatever the exit status.
+fn kascade(argv: &[String]) -> i32 {
+    let full = std::iter::once("kascade".to_string()).chain(argv.iter().cloned());
+    match kacast::kascade::KascadeArgs::parse_from(full.clone()) {
+        Ok(args) => {
+            let level = args.tracing_level().map(|l| l.to_string().to_lowercase()).unwrap_or("info".into());
+            init_logging_at(&level);
+            kacast::kascade::run(&args)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            0
+        }
+        Err(e) => {
+            let _ = e.print();
+            let s = kacast::kascade::salvage(full);
+            kacast::kascade::write_all_ko(
+                &s.nodes,
+                &format!("bad kascade command line: {}", e.kind()),
+                s.ok.as_deref(),
+                s.ko.as_deref(),
+            );
+            1
+        }
+    }
+}
+
+fn kastafior(argv: &[String]) -> i32 {
+    init_logging_at("info");
+    kacast::kascade::kastafior(argv)
+}
+
 fn init_logging(verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
@@ -49,9 +98,18 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, 1) => "debug",
         _ => "trace",
     };
+    init_logging_at(level);
+}
+
+fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KACAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init()
+        .ok();
 }
 
 fn seconds(v: f64, option: &str) -> Result<Duration> {
