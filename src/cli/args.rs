@@ -305,7 +305,7 @@ pub struct ClientArgs {
     /// Name of this node in the chain and the report (default: hostname)
     #[arg(long)]
     pub name: Option<String>,
-    /// Feed the stream to this shell command's stdin
+    /// Feed the stream to this shell command's stdin ($KACAST_NODE is this node's name)
     #[arg(short = 'e', long = "exec", value_name = "CMD")]
     pub exec: Option<String>,
     /// Unpack the (tar) stream into this directory

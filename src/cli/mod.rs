@@ -205,6 +205,10 @@ fn client(a: ClientArgs) -> Result<i32> {
     if let Some(name) = a.name {
         c.name = name;
     }
+    // The sink command can tell which node it runs for (hosts that share a
+    // filesystem, per-node paths): still one thread here, nothing reads the
+    // environment concurrently.
+    std::env::set_var("KACAST_NODE", &c.name);
     c.buffer = buffer(&a.buffer)?;
     c.bind = a.bind;
     c.data_port = a.data_port;
