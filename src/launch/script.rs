@@ -46,11 +46,11 @@ then exit 0; fi; rm -f \"$t\"; echo \"kacast-launch: copying the agent to $1 fai
 ///   when it returns, the watchdog sends the agent SIGTERM, says so on stderr
 ///   (with SIGPIPE ignored: there may be nobody left to read it), and sends
 ///   SIGKILL after a grace period (an agent that ignores SIGTERM still goes;
-///   the grace `sleep` writes nowhere, so it never holds the session open). The agent is still a child of the wrapper
-///   (the wrapper is blocked in `wait` for it), so its pid cannot have been
-///   reused; the one window is the agent exiting on its own at the very
-///   instant the master goes away, where the pid would have to be recycled
-///   within microseconds.
+///   the grace `sleep` writes nowhere, so it never holds the session open).
+///   The agent is still a child of the wrapper (the wrapper is blocked in
+///   `wait` for it), so its pid cannot have been reused; the one window is
+///   the agent exiting on its own at the very instant the master goes away,
+///   where the pid would have to be recycled within microseconds.
 /// - Agent done first: the wrapper's `wait` returns its status; the wrapper
 ///   kills the watchdog (its own child, not yet reaped: pid safe), reaps it and
 ///   exits with the agent's status, which becomes the connector's exit status.
@@ -59,11 +59,15 @@ then exit 0; fi; rm -f \"$t\"; echo \"kacast-launch: copying the agent to $1 fai
 ///   orphaned `cat` gets its EOF when the session closes and exits.
 ///
 /// The agent's stdin is /dev/null: it must never eat the watchdog's input.
+/// Once both children run, the wrapper's own stdout and stderr go to
+/// /dev/null: `sh` reports a child killed by a signal ("Terminated") on
+/// stderr, and with the master gone that write would raise SIGPIPE and kill
+/// the wrapper before it could reap the agent and stop the watchdog.
 const WRAPPER: &str = "exec 3<&0 </dev/null; \"$@\" 3<&- & a=$!; \
 { cat <&3 >/dev/null 2>&1; trap '' PIPE; kill -TERM $a 2>/dev/null; \
 echo \"kacast-launch: the master closed the connection: agent stopped\" >&2; \
 sleep 5 >/dev/null 2>&1; kill -KILL $a 2>/dev/null; } & w=$!; \
-exec 3<&-; wait $a; s=$?; kill -KILL $w 2>/dev/null; wait $w 2>/dev/null; exit $s";
+exec 3<&- >/dev/null 2>&1; wait $a; s=$?; kill -KILL $w 2>/dev/null; wait $w 2>/dev/null; exit $s";
 
 /// Shell-quotes `args` for the remote shell: each becomes exactly one word,
 /// whatever it holds. Plain words stay readable (`kacast client --name n1`);
@@ -211,6 +215,19 @@ mod tests {
         let mut err = String::new();
         child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(err.contains("master closed the connection"), "{err}");
+    }
+
+    /// With the master gone nobody reads the session's output either: the
+    /// wrapper must still reap the agent and stop the watchdog, not die of
+    /// SIGPIPE on its way (sh reports "Terminated" on stderr).
+    #[test]
+    fn wrapper_survives_a_closed_output() {
+        let mut child = run_wrapped(&["sleep", "1000"]);
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        drop(child.stdin.take());
+        let status = wait_deadline(&mut child, Duration::from_secs(10)).expect("wrapper ended on EOF");
+        assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
     }
 
     /// An agent that ignores SIGTERM is killed after the grace period.
