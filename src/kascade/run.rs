@@ -10,8 +10,9 @@ use tracing::{info, warn};
 
 use super::args::{KascadeArgs, Launcher as Kind};
 use super::results::{write_all_ko, Outcome};
+use crate::chain::Sink;
 use crate::launch::{client_args, route_address, Agent, LaunchConfig, Launcher};
-use crate::session::{Input, Order, Server, ServerConfig, SessionReport};
+use crate::session::{Client, ClientConfig, Input, Order, Server, ServerConfig, SessionReport};
 use crate::size::parse_size;
 
 /// How long the master waits for the agents to join after starting them:
@@ -104,18 +105,45 @@ fn serve(args: &KascadeArgs, nodes: &[String], input: Input) -> Result<Outcome, 
     let _ = std::fs::remove_file(&order_file);
     let server = server?;
     let port = server.control_addr().port();
-    let agents = launch(args, nodes, &session, port)?;
-    let report = server.run(input).map_err(|e| e.to_string());
-    let launch_errors = finish_agents(agents);
-    let report = report?;
-    Ok(outcome(&report, launch_errors))
+    let launches = launches(args, nodes, &session, port)?;
+    let here = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+    // The agents start while the session already serves: a node that answers
+    // late (or never) must not keep the others' hellos waiting.
+    std::thread::scope(|s| {
+        let watchers: Vec<_> = launches
+            .agents
+            .iter()
+            .map(|a| {
+                let (cfg, session) = (&launches.config, &session);
+                s.spawn(move || {
+                    let agent = crate::launch::start(&a.target, &a.argv, cfg).map_err(|e| e.to_string());
+                    watch_agent(here, session, a.node.clone(), agent)
+                })
+            })
+            .collect();
+        let report = server.run(input).map_err(|e| e.to_string());
+        let launch_errors: Vec<(String, String)> =
+            watchers.into_iter().filter_map(|w| w.join().ok().flatten()).collect();
+        Ok(outcome(&report?, launch_errors))
+    })
 }
 
-/// A node and its agent, or why the agent could not be started.
-type Started = (String, Result<Agent, String>);
+/// The agents to start.
+struct Launches {
+    config: LaunchConfig,
+    agents: Vec<AgentLaunch>,
+}
 
-/// Starts the agents, each told the master's address on its own route.
-fn launch(args: &KascadeArgs, nodes: &[String], session: &str, port: u16) -> Result<Vec<Started>, String> {
+/// One agent: the node as listed (its name in the report), where the
+/// connector reaches it, and the agent's arguments.
+struct AgentLaunch {
+    node: String,
+    target: String,
+    argv: Vec<String>,
+}
+
+/// The agents to start, each told the master's address on its own route.
+fn launches(args: &KascadeArgs, nodes: &[String], session: &str, port: u16) -> Result<Launches, String> {
     let kind = match args.launcher {
         Kind::Ssh | Kind::Clush => "ssh",
         Kind::Taktuk => "taktuk",
@@ -127,11 +155,11 @@ fn launch(args: &KascadeArgs, nodes: &[String], session: &str, port: u16) -> Res
         args.launcher_params.as_deref().unwrap_or(""),
     )
     .map_err(|e| e.to_string())?;
+    let config = LaunchConfig::new(launcher.connector().unwrap_or_default());
     if launcher == Launcher::None {
         info!("-D none: nodes join session '{session}' on port {port} by themselves");
-        return Ok(Vec::new());
+        return Ok(Launches { config, agents: Vec::new() });
     }
-    let cfg = LaunchConfig::new(launcher.connector().unwrap_or_default());
     let sink = match (&args.command, &args.output) {
         (Some(cmd), _) => vec!["-e".to_string(), cmd.clone()],
         (None, Some(file)) => vec!["--to-file".to_string(), file.display().to_string()],
@@ -154,25 +182,15 @@ fn launch(args: &KascadeArgs, nodes: &[String], session: &str, port: u16) -> Res
     if let Launcher::Taktuk { .. } = launcher {
         info!("-D taktuk: each agent is started through its own connector (TakTuk's tree is not used)");
     }
-    // All at once: a node that has to be copied the agent, or does not
-    // answer, must not hold up the others.
-    let started = std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .iter()
-            .map(|node| {
-                let (cfg, agent_args) = (&cfg, &agent_args);
-                s.spawn(move || {
-                    let target = ssh_target(&host_of(node), use_ips);
-                    crate::launch::start(&target, &agent_args(node), cfg).map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("launcher thread panicked".into())))
-            .collect::<Vec<_>>()
-    });
-    Ok(nodes.iter().cloned().zip(started).collect())
+    let agents = nodes
+        .iter()
+        .map(|node| AgentLaunch {
+            node: node.clone(),
+            target: ssh_target(&host_of(node), use_ips),
+            argv: agent_args(node),
+        })
+        .collect();
+    Ok(Launches { config, agents })
 }
 
 fn host_of(node: &str) -> String {
@@ -212,21 +230,27 @@ fn master_ip(master: Option<&str>, host: &str) -> IpAddr {
     route_address(host).unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-/// Waits for every agent; returns why each failed one failed.
-fn finish_agents(agents: Vec<Started>) -> Vec<(String, String)> {
-    let mut errors = Vec::new();
-    for (node, agent) in agents {
-        match agent {
-            Ok(a) => {
-                let exit = a.wait();
-                if let Some(why) = exit.reason() {
-                    errors.push((node, why));
-                }
-            }
-            Err(why) => errors.push((node, why)),
-        }
+/// Waits for one agent. One that could not be started, or ended without
+/// joining (an unreachable node, a missing shell), is reported to the session
+/// in its name, so the session stops waiting for it and lists it ko with the
+/// launcher's reason. Returns that reason.
+fn watch_agent(
+    server: SocketAddr,
+    session: &str,
+    node: String,
+    agent: Result<Agent, String>,
+) -> Option<(String, String)> {
+    let why = match agent {
+        Ok(a) => a.wait().reason()?,
+        Err(why) => why,
+    };
+    let mut c = ClientConfig::loopback(session, server, &node, Sink::Discard);
+    c.tries = 1;
+    // Refused when the node did join (its own report stands) or the session is over: either is fine.
+    if let Ok(client) = Client::bind(c) {
+        let _ = client.report_only(Err(why.clone()));
     }
-    errors
+    Some((node, why))
 }
 
 /// The session's report, with the launcher's errors for nodes that never
