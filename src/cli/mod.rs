@@ -30,6 +30,12 @@ pub fn main() -> i32 {
         Some("kastafior") => return kastafior(&argv[1..]),
         _ => {}
     }
+    // Their command lines whole: kacast's own -v/-h must not take theirs.
+    match argv.get(1).map(String::as_str) {
+        Some("kascade") => return kascade(&argv[2..]),
+        Some("kastafior") => return kastafior(&argv[2..]),
+        _ => {}
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
