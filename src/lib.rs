@@ -11,6 +11,7 @@
 //! - [`demo`]: a whole rack on loopback in one process.
 
 pub mod auth;
+pub mod boot;
 pub mod chain;
 pub mod clone;
 pub mod connection;

@@ -40,6 +40,8 @@ pub enum Cmd {
     Kascade(PassThrough),
     /// Kastafior's command line: kacast kastafior [-c CONNECTOR] -- -s SRC -c CMD -n NODEFILE
     Kastafior(PassThrough),
+    /// Network boot: PXE/iPXE/GRUB files and dnsmasq configurations; per-node kamethod or local disk
+    Pxe(super::pxe::PxeArgs),
 }
 
 /// Arguments handed on unparsed, to a tool's own command line.

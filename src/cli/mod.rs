@@ -4,6 +4,7 @@
 mod args;
 mod clone;
 mod progress;
+mod pxe;
 
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ pub fn main() -> i32 {
         Cmd::Capture(a) => clone::run_capture(a),
         Cmd::Kascade(a) => return kascade(&a.args),
         Cmd::Kastafior(a) => return kastafior(&a.args),
+        Cmd::Pxe(a) => pxe::run(a),
     };
     match result {
         Ok(code) => code,
