@@ -2,6 +2,8 @@
 //! dnsmasq configurations that serve them (ka-deploy's "Step 1: PXE, TFTP,
 //! DHCPD services" and its "PXE server to local boot", without editing by hand).
 
+pub mod cmdline;
 pub mod pxe;
 
+pub use cmdline::KernelArgs;
 pub use pxe::{install, mac_config_name, render, set_kamethod, set_local, PxeConfig, PxeError};

@@ -195,6 +195,9 @@ pub struct InstallArgs {
     /// Directory for the plan while it is checked
     #[arg(long, default_value = "/tmp/kacast")]
     pub work_dir: PathBuf,
+    /// Take kacast.session=, kacast.server= and kacast.key= from the kernel command line (PXE kamethod)
+    #[arg(long)]
+    pub from_cmdline: bool,
 }
 
 #[derive(Args)]

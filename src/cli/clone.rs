@@ -177,11 +177,19 @@ fn read_hostnames(path: &Path) -> Result<std::collections::BTreeMap<String, Stri
     Ok(map)
 }
 
-pub fn run_install(a: InstallArgs) -> Result<i32> {
+pub fn run_install(mut a: InstallArgs) -> Result<i32> {
+    let mut from_cmdline_key = a.key_from_cmdline;
+    if a.from_cmdline {
+        let text = std::fs::read_to_string("/proc/cmdline").context("read /proc/cmdline")?;
+        let k = kacast::boot::KernelArgs::parse(&text);
+        a.session = k.session.unwrap_or(a.session);
+        a.server = k.server.or(a.server);
+        from_cmdline_key |= k.has_key && a.key_file.is_none();
+    }
     let mut client = ClientConfig::new(a.session.clone(), Sink::Discard);
     client.server = a.server.as_deref().map(str::parse).transpose()?;
     client.tries = a.tries;
-    client.key = key(a.key_file.as_deref(), a.key_from_cmdline)?;
+    client.key = key(a.key_file.as_deref(), from_cmdline_key)?;
     client.bind = a.bind;
     client.timeout = seconds(a.timeout, "--timeout")?;
     if let Some(name) = a.name {
