@@ -32,8 +32,9 @@
 //! [`EnvError`] in `error`, the names both formats share (short kinds,
 //! compressions) in `names`, the YAML reader in `yaml` (with the typed field
 //! getters of `yaml_fields`), the YAML writer in `yaml_write`, the old format in
-//! `legacy`, and what a description boots in `boot` ([`find_boot`]) and `grub`
-//! ([`minimal_grub_cfg`]).
+//! `legacy`, and what a description boots in `boot` ([`find_boot`]). The
+//! grub.cfg for an image without one is written on the node from the plan's
+//! boot entry (`disk::recorded::grub_cfg`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,6 @@ use super::mkfs;
 
 mod boot;
 mod error;
-mod grub;
 mod legacy;
 mod names;
 #[cfg(test)]
@@ -54,7 +54,6 @@ mod yaml_write;
 pub use boot::find_boot;
 use error::field_error;
 pub use error::EnvError;
-pub use grub::minimal_grub_cfg;
 
 /// The compression of images and post-install archives. The crate has one such
 /// type, shared with the recorder and the node side; it is re-exported here
