@@ -152,6 +152,9 @@ pub struct ServeArgs {
     /// Do not answer discovery broadcasts (nodes then need --server)
     #[arg(long)]
     pub no_discovery: bool,
+    /// UDP port for discovery broadcasts
+    #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
+    pub discovery_port: u16,
     /// Seconds after which a silent or stalling node is declared dead and bypassed
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -233,39 +236,17 @@ pub struct ServerArgs {
     /// Stream this file or block device ('-' for stdin)
     #[arg(short, long, value_name = "FILE")]
     pub input: Option<String>,
-    /// Chain order: ip, join or file:PATH
-    #[arg(long, default_value = "ip")]
-    pub order: String,
-    /// Children per node: 1 is a chain (best), up to 4 builds a tree
-    #[arg(long, default_value_t = 1)]
-    pub arity: usize,
     /// Stream bytes held in memory per process (e.g. 32M)
     #[arg(long, default_value = "32M")]
     pub buffer: String,
     /// Seconds a node may be much slower than the rest before it is fed on its own (0: never)
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub slow_after: f64,
-    /// Session key: nodes must hold the same, and every frame is authenticated
-    #[arg(long, value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
     /// Stream at most this many bytes per second (e.g. 50M), to spare a shared network
     #[arg(long, value_name = "SIZE")]
     pub max_rate: Option<String>,
-    /// Control TCP port (default: 30765 when free, else any)
-    #[arg(long)]
-    pub port: Option<u16>,
-    /// Address to listen on
-    #[arg(long, default_value = "0.0.0.0")]
-    pub bind: std::net::IpAddr,
-    /// Do not answer discovery broadcasts (nodes then need --server)
-    #[arg(long)]
-    pub no_discovery: bool,
-    /// UDP port for discovery broadcasts
-    #[arg(long, default_value_t = kacast::protocol::DISCOVERY_PORT)]
-    pub discovery_port: u16,
-    /// Seconds after which a silent or stalling node is declared dead and bypassed
-    #[arg(long, default_value_t = 5.0)]
-    pub timeout: f64,
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Write the nodes that succeeded, one per line
     #[arg(long, value_name = "FILE")]
     pub ok: Option<PathBuf>,

@@ -16,7 +16,7 @@ use kacast::disk::{BootEntry, BootKind};
 use kacast::session::{ClientConfig, ServerConfig, Stats};
 
 use super::args::{CaptureArgs, CloneArgs, InstallArgs};
-use super::{key, progress, seconds};
+use super::{key, progress, seconds, serve};
 
 pub fn run_clone(a: CloneArgs) -> Result<i32> {
     let descs: Vec<(String, std::path::PathBuf)> =
@@ -59,18 +59,9 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let s = a.serve;
     let mut server = ServerConfig::new(a.session);
     server.nodes = Some(a.nodes);
-    server.order = s.order.parse()?;
-    server.arity = s.arity;
-    server.key = key(s.key_file.as_deref(), false)?;
-    server.control_port = s.port;
-    server.bind = s.bind;
-    if s.no_discovery {
-        server.discovery_port = None;
-    }
-    server.timeout = seconds(s.timeout, "--timeout")?;
+    serve(&a.serve, &mut server)?;
     let config =
         CloneConfig { source, sessions, server, phase_timeout: seconds(a.phase_timeout, "--phase-timeout")? };
     let report = clone::run_golden(config, watch)?;

@@ -18,7 +18,7 @@ use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
 use kacast::size::human;
 use kacast::size::parse_size;
 
-use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServerArgs};
+use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServeArgs, ServerArgs};
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
@@ -143,15 +143,9 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.nodes = a.nodes;
     c.min_nodes = a.min;
     c.start_after = a.start_after.map(|s| seconds(s, "--start-after")).transpose()?;
-    c.order = a.order.parse()?;
-    c.arity = a.arity;
+    serve(&a.serve, &mut c)?;
     c.buffer = buffer(&a.buffer)?;
-    c.bind = a.bind;
-    c.control_port = a.port;
-    c.discovery_port = (!a.no_discovery).then_some(a.discovery_port);
-    c.timeout = seconds(a.timeout, "--timeout")?;
     c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
-    c.key = a.key_file.as_deref().map(Key::from_file).transpose()?;
     c.slow_after = Some(seconds(a.slow_after, "--slow-after")?).filter(|d| !d.is_zero());
     let server = Server::bind(c)?;
     let stats = server.stats();
@@ -172,6 +166,18 @@ fn server(a: ServerArgs) -> Result<i32> {
         report.write_json(p)?;
     }
     Ok(report.exit_code())
+}
+
+/// What `kacast server` and `kacast clone` share: how a session is served.
+fn serve(s: &ServeArgs, c: &mut ServerConfig) -> Result<()> {
+    c.order = s.order.parse()?;
+    c.arity = s.arity;
+    c.key = key(s.key_file.as_deref(), false)?;
+    c.control_port = s.port;
+    c.bind = s.bind;
+    c.discovery_port = (!s.no_discovery).then_some(s.discovery_port);
+    c.timeout = seconds(s.timeout, "--timeout")?;
+    Ok(())
 }
 
 fn locate_config(l: &Locate, sink: Sink) -> Result<ClientConfig> {
