@@ -598,32 +598,9 @@ fn deploy(
     run_rack(work, session, &all, "sda", targets)
 }
 
-/// Boots `disk` under QEMU (TCG, SeaBIOS) and returns what its serial port
-/// said once `marker` appeared (or everything, if it never did).
+/// Boots a target disk until `marker` shows on its serial port.
 fn boot_until(disk: &LoopDisk, marker: &str, work: &Path) -> String {
-    let serial = work.join(format!("{}.serial", disk.name()));
-    let drive = format!("file={},format=raw,if=ide", disk.dev.display());
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-drive", &drive])
-        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // QEMU writes the serial port to a file: read it until the marker shows
-    // or QEMU stops (the grub.cfg halts), with a deadline for a hung boot.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let log = loop {
-        let log = fs::read_to_string(&serial).unwrap_or_default();
-        let stopped = qemu.try_wait().unwrap().is_some();
-        if log.contains(marker) || stopped || std::time::Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    log
+    common::vm::boot_until(&disk.dev, marker, &work.join(format!("{}.serial", disk.name())))
 }
 
 /// `--new-uuids`: every node gets its own filesystem UUIDs, its fstab and

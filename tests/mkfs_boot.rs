@@ -349,18 +349,7 @@ fn bios_mbr_by_hand_embeds_core_after_the_mbr() {
     assert!(!has_grub_boot_code(&before[..SECTOR]));
     let reference_disk = snapshot_image(&rig, "before.img");
 
-    let t = GrubTarget {
-        root: &root,
-        disk: &rig.dev,
-        label: Label::Dos,
-        first_partition_start: 2048,
-        bios_boot: None,
-        boot_fs_uuid: &uuid,
-        boot_is_separate: false,
-        boot_fstype: "ext4",
-        esp: None,
-        esp_device: None,
-    };
+    let t = mbr_target(&root, &rig.dev, &uuid);
     let done = restore(&t, Firmware::Bios, false).unwrap();
     eprintln!("{}", done.join("\n"));
     let expected = format!("embedded at sector 1 of {} (by hand: loop device)", rig.dev.display());
@@ -519,44 +508,27 @@ fn bios_by_hand_boots_under_qemu() {
     let cfg =
         format!("serial --unit=0 --speed=115200\nterminal_output serial\necho {MARKER}\nsleep 1\nhalt\n");
     let root = cloned_root(&mut rig, &part, &uuid, &cfg);
-    let t = GrubTarget {
-        root: &root,
-        disk: &rig.dev,
-        label: Label::Dos,
-        first_partition_start: 2048,
-        bios_boot: None,
-        boot_fs_uuid: &uuid,
-        boot_is_separate: false,
-        boot_fstype: "ext4",
-        esp: None,
-        esp_device: None,
-    };
+    let t = mbr_target(&root, &rig.dev, &uuid);
     restore(&t, Firmware::Bios, false).unwrap();
     rig.unmount_all();
     rig.sync();
 
-    let serial = rig.path().join("serial.log");
-    let drive = format!("file={},format=raw,if=ide", rig.image.display());
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-drive", &drive])
-        .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let booted = loop {
-        let log = fs::read_to_string(&serial).unwrap_or_default();
-        if log.contains(MARKER) {
-            break true;
-        }
-        if qemu.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            break fs::read_to_string(&serial).unwrap_or_default().contains(MARKER);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    let log = fs::read_to_string(&serial).unwrap_or_default();
-    assert!(booted, "no {MARKER} on the serial port; it says:\n{log}");
+    let log = common::vm::boot_until(&rig.image, MARKER, &rig.path().join("serial.log"));
+    assert!(log.contains(MARKER), "no {MARKER} on the serial port; it says:\n{log}");
+}
+
+/// BIOS boot of an MBR disk whose ext4 root (holding /boot) starts at 1 MiB.
+fn mbr_target<'a>(root: &'a Path, disk: &'a Path, uuid: &'a str) -> GrubTarget<'a> {
+    GrubTarget {
+        root,
+        disk,
+        label: Label::Dos,
+        first_partition_start: 2048,
+        bios_boot: None,
+        boot_fs_uuid: uuid,
+        boot_is_separate: false,
+        boot_fstype: "ext4",
+        esp: None,
+        esp_device: None,
+    }
 }

@@ -4,6 +4,7 @@
 pub mod disks;
 pub mod fidelity;
 pub mod tree;
+pub mod vm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
