@@ -25,5 +25,7 @@ pub mod net;
 pub mod protocol;
 pub mod session;
 pub mod size;
+#[cfg(test)]
+mod testing;
 
 pub use error::{Error, Result};

@@ -129,12 +129,12 @@ mod tests {
     #[test]
     fn grub_install_runs_in_the_clone_with_binds_that_go_away() {
         if !is_root() {
-            return eprintln!("SKIPPED: needs root to bind-mount");
+            return crate::testing::skip("needs root to bind-mount");
         }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         if !mini_clone(root, &[("/usr/sbin/grub-install", "exit 0")]) {
-            return eprintln!("SKIPPED: cannot build a clone with /bin/dash");
+            return crate::testing::skip("cannot build a clone with /bin/dash");
         }
         fs::create_dir_all(root.join("boot/efi")).unwrap();
         let disk = Path::new("/dev/sdz");
@@ -159,13 +159,13 @@ mod tests {
     #[test]
     fn a_failing_tool_in_the_clone_still_leaves_no_mounts() {
         if !is_root() {
-            return eprintln!("SKIPPED: needs root to bind-mount");
+            return crate::testing::skip("needs root to bind-mount");
         }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let fail = "echo 'grub-install: error: boom' >&2; exit 3";
         if !mini_clone(root, &[("/usr/sbin/grub-install", fail)]) {
-            return eprintln!("SKIPPED: cannot build a clone with /bin/dash");
+            return crate::testing::skip("cannot build a clone with /bin/dash");
         }
         let t = target(root, Path::new("/dev/sdz"), None);
         let e =
@@ -178,12 +178,12 @@ mod tests {
     #[test]
     fn initramfs_is_rebuilt_with_the_clones_own_tool() {
         if !is_root() {
-            return eprintln!("SKIPPED: needs root to bind-mount");
+            return crate::testing::skip("needs root to bind-mount");
         }
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         if !mini_clone(root, &[("/usr/bin/dracut", "exit 0")]) {
-            return eprintln!("SKIPPED: cannot build a clone with /bin/dash");
+            return crate::testing::skip("cannot build a clone with /bin/dash");
         }
         let line = with_binds(root, || rebuild_initramfs_in(root)).unwrap();
         assert_eq!(line, "initramfs rebuilt in the clone (dracut --regenerate-all -f)");

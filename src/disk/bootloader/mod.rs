@@ -289,7 +289,7 @@ mod tests {
         assert_eq!(reason(choose_way(&t, Firmware::Bios)), "not a block device");
         assert_eq!(reason(choose_way(&target(root, loop0, None), Firmware::Bios)), "loop device");
         if !is_root() {
-            return eprintln!("SKIPPED (block device cases): needs root to make a device node");
+            return crate::testing::skip("block device cases: needs root to make a device node");
         }
         // A node for major 8 (sd), never opened: a disk that is not a loop.
         let sda = root.join("sda");

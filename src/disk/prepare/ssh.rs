@@ -264,8 +264,7 @@ mod tests {
     #[test]
     fn ssh_host_keys_are_regenerated_by_this_hosts_ssh_keygen() {
         if !tool::exists(SSH_KEYGEN) {
-            eprintln!("skipped: no ssh-keygen on this host");
-            return;
+            return crate::testing::skip("no ssh-keygen on this host");
         }
         let root = system();
         let r = root.path();
@@ -279,8 +278,7 @@ mod tests {
     #[test]
     fn ssh_host_keys_are_not_written_through_a_linked_etc_ssh() {
         if !tool::exists(SSH_KEYGEN) {
-            eprintln!("skipped: no ssh-keygen on this host");
-            return;
+            return crate::testing::skip("no ssh-keygen on this host");
         }
         let root = system();
         let outside = tempfile::tempdir().unwrap();
@@ -315,14 +313,14 @@ mod tests {
     fn ssh_host_keys_are_regenerated_by_the_clones_ssh_keygen() {
         let host = "/usr/bin/ssh-keygen";
         if !is_root() || !Path::new(host).exists() || !tool::exists("chroot") {
-            eprintln!("skipped: needs root, chroot and {host} to build a clone that runs ssh-keygen");
-            return;
+            return crate::testing::skip(&format!(
+                "needs root, chroot and {host} to build a clone that runs ssh-keygen"
+            ));
         }
         let root = system();
         let r = root.path();
         if !install_in_chroot(r, host) {
-            eprintln!("skipped: ldd could not list ssh-keygen's libraries");
-            return;
+            return crate::testing::skip("ldd could not list ssh-keygen's libraries");
         }
         write(r, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
         write(r, "etc/group", "root:x:0:\n");
@@ -337,8 +335,7 @@ mod tests {
     #[test]
     fn a_clone_ssh_keygen_that_cannot_run_falls_back_to_this_hosts() {
         if !tool::exists(SSH_KEYGEN) {
-            eprintln!("skipped: no ssh-keygen on this host");
-            return;
+            return crate::testing::skip("no ssh-keygen on this host");
         }
         let root = system();
         let r = root.path();
