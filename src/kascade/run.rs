@@ -85,9 +85,7 @@ fn serve(args: &KascadeArgs, nodes: &[String], input: Input) -> Result<Outcome, 
     config.min_nodes = 1;
     config.start_after = Some(JOIN_WINDOW);
     // Kascade's chain follows the node list (sorted with -s).
-    let order_file = std::env::temp_dir().join(format!("{session}.nodes"));
-    std::fs::write(&order_file, nodes.join("\n")).map_err(|e| format!("{}: {e}", order_file.display()))?;
-    config.order = Order::File(order_file.clone());
+    config.order = Order::List(nodes.to_vec());
     config.arity = args.arity();
     config.discovery_port = None;
     // Port 0 unless asked: two runs from one master never clash (Kascade's
@@ -101,9 +99,7 @@ fn serve(args: &KascadeArgs, nodes: &[String], input: Input) -> Result<Outcome, 
         let bytes = parse_size(b).map_err(|e| format!("-b {b}: {e}"))?;
         config.buffer = config.buffer.max(usize::try_from(bytes).unwrap_or(usize::MAX));
     }
-    let server = Server::bind(config).map_err(|e| e.to_string());
-    let _ = std::fs::remove_file(&order_file);
-    let server = server?;
+    let server = Server::bind(config).map_err(|e| e.to_string())?;
     let port = server.control_addr().port();
     let launches = launches(args, nodes, &session, port)?;
     let here = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);

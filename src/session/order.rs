@@ -18,6 +18,9 @@ pub enum Order {
     Join,
     /// In the order of a node file (names or addresses, one per line).
     File(PathBuf),
+    /// In the order of a list the embedding program has (`kacast kascade`'s
+    /// node list), as a node file would give it.
+    List(Vec<String>),
 }
 
 impl FromStr for Order {
@@ -85,7 +88,7 @@ pub fn arrange(nodes: &[Candidate], order: &Order, listed: &[String]) -> (Vec<us
     match order {
         Order::Join => {}
         Order::Ip => idx.sort_by(by_ip),
-        Order::File(_) => {
+        Order::File(_) | Order::List(_) => {
             let rank = |c: &Candidate| {
                 listed.iter().position(|l| *l == c.name || l.parse::<IpAddr>().ok() == Some(c.ip))
             };

@@ -135,6 +135,7 @@ impl Server {
         config.validate()?;
         let listed = match &config.order {
             Order::File(path) => read_node_file(path)?,
+            Order::List(names) => names.clone(),
             _ => Vec::new(),
         };
         let control = match config.control_port {
