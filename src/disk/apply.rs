@@ -11,9 +11,7 @@
 //!    bootloader; dropping [`Mounted`] unmounts everything.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +22,7 @@ use super::bootloader::{self, Firmware, GrubTarget};
 use super::error::{DiskError, Result};
 use super::layout::Layout;
 use super::mkfs;
+use super::mount::{c_path, unmount};
 use super::plan::{BootKind, Plan, PlanFs};
 use super::prepare::{self, Prepare};
 use super::tool;
@@ -288,40 +287,19 @@ fn mount(dev: &Path, dir: &Path, fstype: &str) -> Result<()> {
     // golden node's may be mounted on this very host (tests, a node cloned
     // from itself), and the clone's UUID is the golden one on purpose.
     let data = if fstype == "xfs" { "nouuid" } else { "" };
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("paths have no NUL");
-    let (src, target) = (c(dev), c(dir));
-    let (fstype_c, data_c) = (CString::new(fstype).expect("no NUL"), CString::new(data).expect("no NUL"));
-    // SAFETY: all pointers are valid NUL-terminated strings for the call.
-    let r =
-        unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype_c.as_ptr(), 0, data_c.as_ptr().cast()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        let e = std::io::Error::last_os_error();
-        Err(DiskError::io(format!("mount {} ({fstype}) on {}", dev.display(), dir.display()), e))
-    }
+    super::mount::mount(dev, dir, fstype, data)
 }
 
 /// Gives `path` the modification time in `was`.
 fn set_mtime(path: &Path, was: &fs::Metadata) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let c = CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL");
+    let c = c_path(path).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let times = [
         libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
         libc::timespec { tv_sec: was.mtime(), tv_nsec: was.mtime_nsec() },
     ];
     // SAFETY: a valid path and two timespecs, as utimensat expects.
     if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn unmount(dir: &Path) -> std::io::Result<()> {
-    let target = CString::new(dir.as_os_str().as_bytes()).expect("paths have no NUL");
-    // SAFETY: a valid NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())

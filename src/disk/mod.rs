@@ -53,6 +53,7 @@ mod fstab;
 pub mod golden;
 mod layout;
 pub mod mkfs;
+pub mod mount;
 pub mod plan;
 pub mod prepare;
 pub mod recorded;

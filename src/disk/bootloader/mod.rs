@@ -226,9 +226,9 @@ fn esp_in_clone(root: &Path, esp: &Path) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::binds::c_path;
     use super::test_util::{is_root, target};
     use super::*;
+    use crate::disk::mount::c_path;
 
     #[test]
     fn esp_is_found_under_the_root_whatever_its_spelling() {
