@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::disks::sh;
+
 use std::fs::{self, File};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -32,15 +34,6 @@ fn cannot_run() -> Option<String> {
         return Some("needs root to attach loop devices".into());
     }
     TOOLS.iter().find_map(|t| common::missing_tool(t))
-}
-
-fn sh(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
 }
 
 /// A loop device over a sparse image in a temporary directory; detached (its

@@ -39,9 +39,7 @@ fn cannot_run_grub(platform: &str, tools: &[&str]) -> Option<String> {
 }
 
 fn sh(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::disks::sh(program, args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An image file in a temporary directory attached to a loop device,
