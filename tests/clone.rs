@@ -171,6 +171,12 @@ fn run_rack(
     clone_args.extend(args);
     clone_args.extend(["--session", session, "--bind", "127.0.0.1", "--port", &port, "--no-discovery"]);
     clone_args.extend(["--timeout", "10", "--phase-timeout", "60"]);
+    // Every install keeps its nodes' status, and switches the PXE files of
+    // those cloned to their disks.
+    let (logs, tftp) = (work.join(format!("{session}-logs")), work.join(format!("{session}-tftp")));
+    fs::create_dir_all(&tftp).unwrap();
+    let (logs, tftp) = (logs.to_str().unwrap().to_string(), tftp.to_str().unwrap().to_string());
+    clone_args.extend(["--log-dir", &logs, "--pxe-root", &tftp]);
     let clone = spawn(&clone_args);
     let server = format!("127.0.0.1:{port}");
     let nodes: Vec<Child> = targets
@@ -304,6 +310,30 @@ fn an_mbr_golden_disk_clones_onto_three_nodes_and_a_too_small_one_is_refused_unt
     );
     assert_eq!(nodes[3].status.code(), Some(1));
     assert_eq!(small.hash(), small_before, "a refused plan wrote to the disk");
+
+    // Each node's live status reached the golden node: `kacast status`.
+    let logs = work.path().join("mbrclone-logs");
+    let status = Command::new(KACAST).arg("status").arg(&logs).output().unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(2), "one node failed:\n{table}");
+    for i in 0..3 {
+        let line = table.lines().find(|l| l.starts_with(&format!("node{i} "))).unwrap_or("");
+        assert!(line.contains(" done "), "node{i}: {table}");
+    }
+    let line3 = table.lines().find(|l| l.starts_with("node3 ")).unwrap_or("");
+    assert!(line3.contains(" failed ") && line3.contains("200.0 MiB"), "{table}");
+    assert!(table.contains("4 nodes: 3 done, 0 running, 1 failed, 0 lost"), "{table}");
+    let log0 = fs::read_to_string(logs.join("node0.log")).unwrap();
+    for step in ["[hello]", "plan checked", "mbrclone2", "done"] {
+        assert!(log0.contains(step), "node0's log lacks '{step}':\n{log0}");
+    }
+    // The nodes (all on this host) switched to their local disks by MAC.
+    for mac in kacast::session::status::local_macs() {
+        let name = kacast::boot::mac_config_name(&mac).unwrap();
+        let cfg = work.path().join("mbrclone-tftp/pxelinux.cfg").join(name);
+        let text = fs::read_to_string(&cfg).unwrap_or_default();
+        assert!(text.contains("LOCALBOOT 0"), "{}: {text}", cfg.display());
+    }
 
     let golden_table = golden.table();
     let mut ids = BTreeSet::from([machine_id(&g)]);

@@ -42,6 +42,17 @@ pub enum Cmd {
     Kastafior(PassThrough),
     /// Network boot: PXE/iPXE/GRUB files and dnsmasq configurations; per-node kamethod or local disk
     Pxe(super::pxe::PxeArgs),
+    /// Golden node: each node's live state and last line during an install (clone --log-dir DIR)
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The install's log directory (kacast clone --log-dir)
+    pub dir: PathBuf,
+    /// Print this node's whole log instead of the table
+    #[arg(long)]
+    pub node: Option<String>,
 }
 
 /// Arguments handed on unparsed, to a tool's own command line.
@@ -129,6 +140,18 @@ pub struct CloneArgs {
     /// Write the whole report as JSON
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Keep each node's live status and log here (read with `kacast status DIR`)
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Serve this stage2 archive first, to nodes booted on the kacast initrd
+    #[arg(long, value_name = "FILE")]
+    pub stage2: Option<PathBuf>,
+    /// Session name of the stage2 step
+    #[arg(long, default_value = "getstage2", value_name = "NAME")]
+    pub stage2_session: String,
+    /// TFTP root: each cloned node's PXE configuration is switched to its local disk
+    #[arg(long, value_name = "DIR")]
+    pub pxe_root: Option<PathBuf>,
 }
 
 /// How the golden node serves each session.

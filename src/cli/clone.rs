@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 
 use anyhow::{bail, Context, Result};
 use kacast::chain::Sink;
-use kacast::clone::{self, CaptureConfig, CloneConfig, InstallConfig, Source};
+use kacast::clone::{self, CaptureConfig, CloneConfig, InstallConfig, Source, Stage2};
 use kacast::disk::apply::DiskMap;
 use kacast::disk::bootloader::Firmware;
 use kacast::disk::env::{local_path, Environment, ImageKind};
@@ -13,7 +13,7 @@ use kacast::disk::golden::{read_golden, GoldenSpec, Sessions, TreeSource};
 use kacast::disk::recorded::RecordedImage;
 use kacast::disk::PreparePlan;
 use kacast::disk::{BootEntry, BootKind};
-use kacast::session::{ClientConfig, ServerConfig, Stats};
+use kacast::session::{ClientConfig, ServerConfig, Stats, StatusBoard};
 
 use super::args::{CaptureArgs, CloneArgs, InstallArgs};
 use super::{key, progress, seconds, serve};
@@ -62,8 +62,18 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
     let mut server = ServerConfig::new(a.session);
     server.nodes = Some(a.nodes);
     serve(&a.serve, &mut server)?;
-    let config =
-        CloneConfig { source, sessions, server, phase_timeout: seconds(a.phase_timeout, "--phase-timeout")? };
+    if let Some(dir) = &a.log_dir {
+        server.status = Some(StatusBoard::open(&sessions.base, dir)?);
+        eprintln!("kacast: nodes' status and logs in {} (kacast status {0})", dir.display());
+    }
+    let config = CloneConfig {
+        source,
+        sessions,
+        server,
+        phase_timeout: seconds(a.phase_timeout, "--phase-timeout")?,
+        stage2: a.stage2.map(|archive| Stage2 { session: a.stage2_session, archive }),
+        pxe_root: a.pxe_root,
+    };
     let report = clone::run_golden(config, watch)?;
     println!("{}", report.render());
     if let Some(p) = &a.report {

@@ -18,7 +18,7 @@ use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
 use kacast::size::human;
 use kacast::size::parse_size;
 
-use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServeArgs, ServerArgs};
+use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServeArgs, ServerArgs, StatusArgs};
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
@@ -51,6 +51,7 @@ pub fn main() -> i32 {
         Cmd::Kascade(a) => return kascade(&a.args),
         Cmd::Kastafior(a) => return kastafior(&a.args),
         Cmd::Pxe(a) => pxe::run(a),
+        Cmd::Status(a) => status(a),
     };
     match result {
         Ok(code) => code,
@@ -112,12 +113,33 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KACAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    // The status layer sends an install's log lines to the golden node
+    // (only while `kacast install` has a status connection).
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(kacast::session::StatusLayer)
         .try_init()
         .ok();
+}
+
+/// `kacast status DIR`: the table of an install's nodes, or one node's log.
+fn status(a: StatusArgs) -> Result<i32> {
+    if let Some(node) = a.node {
+        let path = a.dir.join(format!("{node}.log"));
+        let log = std::fs::read_to_string(&path).with_context(|| format!("no log of node '{node}'"))?;
+        print!("{log}");
+        return Ok(0);
+    }
+    let views = session::status::read_board(&a.dir)?;
+    if views.is_empty() {
+        bail!("{}: no node has reported its status here yet", a.dir.display());
+    }
+    println!("{}", session::status::render(&views, session::status::now()));
+    let failed = views.iter().any(|v| v.state == "failed" || v.state == "lost");
+    Ok(if failed { 2 } else { 0 })
 }
 
 fn seconds(v: f64, option: &str) -> Result<Duration> {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tracing::{info, warn};
 use crate::disk::golden::{read_golden, Golden, GoldenSpec, Sessions, TreeSource};
 use crate::disk::recorded::RecordedImage;
 use crate::error::{Error, Result};
-use crate::session::{Input, Server, ServerConfig, SessionReport, Stats};
+use crate::session::{Input, Server, ServerConfig, SessionReport, Stats, StatusBoard};
 
 /// What is cloned.
 #[derive(Debug, Clone)]
@@ -33,6 +34,20 @@ pub struct CloneConfig {
     /// previous step (formatting a large disk, restoring a bootloader), before
     /// it goes on with those that came.
     pub phase_timeout: Duration,
+    /// The stage2 archive (`kacast stage2 build`), served first in its own
+    /// session to nodes booted on the kacast initrd (ka's `getstage2`).
+    pub stage2: Option<Stage2>,
+    /// The TFTP root whose per-MAC configurations are switched to `local`
+    /// for each node that became a clone, so it does not clone itself again
+    /// on its next boot.
+    pub pxe_root: Option<PathBuf>,
+}
+
+/// ka's `getstage2` step.
+#[derive(Debug, Clone)]
+pub struct Stage2 {
+    pub session: String,
+    pub archive: PathBuf,
 }
 
 /// Where one node got to.
@@ -49,6 +64,8 @@ pub struct NodeStatus {
 pub struct CloneReport {
     pub nodes: Vec<NodeStatus>,
     pub sessions: Vec<SessionReport>,
+    /// Per-MAC PXE configurations switched to `local`.
+    pub pxe_local: Vec<PathBuf>,
 }
 
 impl CloneReport {
@@ -115,6 +132,19 @@ pub fn run_golden(
     let mut server_config = config.server.clone();
     let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
     let mut reports = Vec::new();
+    if let Some(stage2) = &config.stage2 {
+        server_config.session = stage2.session.clone();
+        let report = serve_one(&mut server_config, Input::File(stage2.archive.clone()), &watch)?;
+        for r in report.nodes.iter().filter(|r| !r.ok()) {
+            let why = r.error.clone().unwrap_or_else(|| "stream hash mismatch".into());
+            warn!("node '{}' did not get the stage2: {why}", r.name);
+        }
+        // The install waits for those that have their tools, or for the
+        // phase timeout should one lose its way.
+        server_config.nodes = Some(report.ok_count().max(1));
+        server_config.start_after = Some(config.phase_timeout);
+        reports.push(report);
+    }
     let last = steps.len() - 1;
     for (i, (session, input)) in steps.into_iter().enumerate() {
         server_config.session = session.clone();
@@ -128,18 +158,7 @@ pub fn run_golden(
             server_config.min_nodes = 1;
             server_config.start_after = Some(config.phase_timeout);
         }
-        let server = Server::bind(server_config.clone())?;
-        // Later sessions on the same port, so nodes given --server HOST:PORT follow.
-        server_config.control_port = Some(server.control_addr().port());
-        let (done, watching) = mpsc::channel();
-        let watcher = {
-            let (watch, stats, name) = (watch.clone(), server.stats(), session.clone());
-            std::thread::spawn(move || watch(&name, stats, watching))
-        };
-        let report = server.run(input);
-        drop(done);
-        let _ = watcher.join();
-        let report = report?;
+        let report = serve_one(&mut server_config, input, &watch)?;
         let step = if i == last { "done" } else { session.as_str() };
         if i > 0 {
             // Nodes expected but never seen in this session were lost between steps.
@@ -169,7 +188,82 @@ pub fn run_golden(
         info!("session '{session}': {} of {} nodes going on", report.ok_count(), report.nodes.len());
         reports.push(report);
     }
-    Ok(CloneReport { nodes: nodes.into_values().collect(), sessions: reports })
+    let nodes: Vec<NodeStatus> = nodes.into_values().collect();
+    if let Some(board) = &config.server.status {
+        let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        board.settle(&names, STATUS_SETTLE);
+    }
+    let pxe_local = match &config.pxe_root {
+        Some(root) => switch_to_local(root, &nodes, &reports, config.server.status.as_deref()),
+        None => Vec::new(),
+    };
+    Ok(CloneReport { nodes, sessions: reports, pxe_local })
+}
+
+/// How long the end waits for nodes' last status lines, which travel on
+/// their own connection and may come just after their reports.
+const STATUS_SETTLE: Duration = Duration::from_secs(5);
+
+/// Points each cloned node's PXE configuration to its local disk. Its MACs
+/// come from its status connection, else from this host's neighbour table
+/// (the node is on the install network, so it was there a moment ago).
+fn switch_to_local(
+    root: &Path,
+    nodes: &[NodeStatus],
+    reports: &[SessionReport],
+    board: Option<&StatusBoard>,
+) -> Vec<PathBuf> {
+    let mut written = Vec::new();
+    for n in nodes.iter().filter(|n| n.ok) {
+        let mut macs = board.map(|b| b.macs(&n.name)).unwrap_or_default();
+        if macs.is_empty() {
+            let address = reports.iter().flat_map(|r| &r.nodes).find(|r| r.name == n.name);
+            macs.extend(address.and_then(|r| neighbour_mac(&r.address)));
+        }
+        if macs.is_empty() {
+            warn!("node '{}': no hardware address known, its PXE configuration is left as it is", n.name);
+        }
+        for mac in macs {
+            match crate::boot::set_local(root, &mac) {
+                Ok(path) => {
+                    info!("node '{}' ({mac}) will boot its disk: {}", n.name, path.display());
+                    written.push(path);
+                }
+                Err(e) => warn!("node '{}': {e}", n.name),
+            }
+        }
+    }
+    written
+}
+
+/// The MAC of `ip` in this host's ARP table (`/proc/net/arp`).
+fn neighbour_mac(ip: &str) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 4 && f[0] == ip && f[3] != "00:00:00:00:00:00").then(|| f[3].to_string())
+    })
+}
+
+/// One session, watched. Pins the control port for the sessions after it,
+/// so nodes given `--server HOST:PORT` follow.
+fn serve_one(
+    config: &mut ServerConfig,
+    input: Input,
+    watch: &(impl Fn(&str, Arc<Stats>, mpsc::Receiver<()>) + Send + Sync + Clone + 'static),
+) -> Result<SessionReport> {
+    let session = config.session.clone();
+    let server = Server::bind(config.clone())?;
+    config.control_port = Some(server.control_addr().port());
+    let (done, watching) = mpsc::channel();
+    let watcher = {
+        let (watch, stats) = (watch.clone(), server.stats());
+        std::thread::spawn(move || watch(&session, stats, watching))
+    };
+    let report = server.run(input);
+    drop(done);
+    let _ = watcher.join();
+    report
 }
 
 fn plan_input(json: String) -> Input {

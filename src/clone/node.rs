@@ -1,7 +1,7 @@
 //! `kacast install`: a node's side of an install (what the initrd runs once
 //! it has a network).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tracing::{info, warn};
@@ -11,7 +11,8 @@ use crate::disk::apply::{self, DiskMap, Mounted};
 use crate::disk::golden::Sessions;
 use crate::disk::{tar, Plan};
 use crate::error::{Error, Result};
-use crate::session::{Client, ClientConfig};
+use crate::session::status::local_macs;
+use crate::session::{Client, ClientConfig, StatusReporter};
 
 #[derive(Debug, Clone)]
 pub struct InstallConfig {
@@ -43,11 +44,6 @@ pub struct InstallOutcome {
 /// error, already reported to the golden node.
 pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     let s = &config.sessions;
-    let mut log = Vec::new();
-    let mut say = |line: &str| {
-        info!("{line}");
-        log.push(line.to_string());
-    };
     // 1. The plan.
     std::fs::create_dir_all(&config.work_dir)
         .map_err(|e| Error::Config(format!("{}: {e}", config.work_dir.display())))?;
@@ -59,8 +55,31 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
             received.outcome.error.unwrap_or_default()
         )));
     }
+    let status = StatusReporter::start(&config.client, received.server, &s.base, local_macs());
+    status.forward_logs("plan");
+    let outcome = follow_plan(config, &plan_file, &status, Vec::new());
+    StatusReporter::stop_forwarding();
+    status.finish(&match &outcome {
+        Ok(o) => o.error.clone().map_or(Ok(()), Err),
+        Err(e) => Err(e.to_string()),
+    });
+    outcome
+}
+
+/// The install once the plan is here: check, prepare, receive, finish.
+fn follow_plan(
+    config: &InstallConfig,
+    plan_file: &Path,
+    status: &StatusReporter,
+    mut log: Vec<String>,
+) -> Result<InstallOutcome> {
+    let s = &config.sessions;
+    let mut say = |line: &str| {
+        info!("{line}");
+        log.push(line.to_string());
+    };
     let bytes =
-        std::fs::read(&plan_file).map_err(|e| Error::Config(format!("{}: {e}", plan_file.display())))?;
+        std::fs::read(plan_file).map_err(|e| Error::Config(format!("{}: {e}", plan_file.display())))?;
     let mut next = Next::new(config);
     let plan = match Plan::parse(&bytes) {
         Ok(p) => p,
@@ -81,6 +100,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     say("plan checked against this node's disks: nothing written yet");
     let mut step = String::new();
     let mounted = apply::prepare_disks(checked, &mut |p| {
+        status.forward_logs(p);
         info!("{p}");
         step = p.to_string();
     });
@@ -91,7 +111,8 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     say("disks partitioned, formatted and mounted");
     // 3. The streams.
     let plan = mounted.checked.plan.clone();
-    if plan.tree_session.is_some() {
+    if let Some(session) = &plan.tree_session {
+        status.forward_logs(session);
         let sink = Sink::Command(tar::extract_command(&mounted.checked.root, plan.tree_compression));
         if let Err(e) = next.receive(sink) {
             return Ok(failed(&mut mounted, format!("receiving the filesystems: {e}"), log));
@@ -99,6 +120,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
         say("filesystems received and extracted");
     }
     for r in &plan.raw {
+        status.forward_logs(&r.session);
         let dev = mounted.raw_device(&r.disk, r.partition);
         let sink = match tar::raw_write_command(&dev, r.compression) {
             Some(cmd) => Sink::Command(cmd),
@@ -123,6 +145,7 @@ pub fn install(config: &InstallConfig) -> Result<InstallOutcome> {
     }
     // 4. Finish, unmount, report.
     let finished = mounted.finish(&mut |p| {
+        status.forward_logs(p);
         info!("{p}");
         step = p.to_string();
     });

@@ -34,6 +34,8 @@ pub enum Kind {
     Detach = 0x0a,
     Challenge = 0x0b,
     Proof = 0x0c,
+    /// A node's live status line on its status connection.
+    Status = 0x0d,
     // data connection (child <- parent)
     DataHello = 0x10,
     Data = 0x11,
@@ -59,6 +61,7 @@ impl Kind {
             0x0a => Detach,
             0x0b => Challenge,
             0x0c => Proof,
+            0x0d => Status,
             0x10 => DataHello,
             0x11 => Data,
             0x12 => End,
@@ -83,6 +86,7 @@ impl Kind {
             Detach => "detach",
             Challenge => "challenge",
             Proof => "proof",
+            Status => "status",
             DataHello => "data-hello",
             Data => "data",
             End => "end",
@@ -159,6 +163,30 @@ pub enum Role {
     /// in the chain: it withdraws (its disk could not be prepared) or reports
     /// the end of its install.
     Report = 3,
+    /// A node's status connection for a whole install: it names the install
+    /// (the sessions' base name) and sends [`Status`] lines until it ends,
+    /// across the install's sessions.
+    Status = 4,
+}
+
+/// Where a node stands in its install, as its status lines say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// The first line of a status connection: its text is the node's hardware
+    /// addresses, space-separated, so the golden node can switch the node's
+    /// PXE configuration once it is a clone.
+    Hello = 1,
+    Running = 2,
+    Done = 3,
+    Failed = 4,
+}
+
+/// One live status line from a node: the step it is in and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: NodeState,
+    pub step: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +294,7 @@ pub enum Frame {
         session: String,
     },
     Offer(Offer),
+    Status(Status),
 }
 
 impl Frame {
@@ -288,6 +317,7 @@ impl Frame {
             Frame::End(_) => Kind::End,
             Frame::Discover { .. } => Kind::Discover,
             Frame::Offer(_) => Kind::Offer,
+            Frame::Status(_) => Kind::Status,
         }
     }
 
@@ -333,6 +363,7 @@ impl Frame {
                     1 => Role::Node,
                     2 => Role::Go,
                     3 => Role::Report,
+                    4 => Role::Status,
                     r => return Err(f.bad("role", r as u64)),
                 };
                 let data_port = f.u16("data_port")?;
@@ -386,6 +417,18 @@ impl Frame {
             Kind::Detach => Frame::Detach { node_id: f.u32("node_id")? },
             Kind::Challenge => Frame::Challenge { nonce: f.array("nonce")?, proof: f.array("proof")? },
             Kind::Proof => Frame::Proof { proof: f.array("proof")? },
+            Kind::Status => {
+                let state = match f.u8("state")? {
+                    1 => NodeState::Hello,
+                    2 => NodeState::Running,
+                    3 => NodeState::Done,
+                    4 => NodeState::Failed,
+                    s => return Err(f.bad("state", s as u64)),
+                };
+                let step = f.string("step", MAX_NAME)?;
+                let text = f.string("text", MAX_REASON)?;
+                Frame::Status(Status { state, step, text })
+            }
             Kind::DataHello => {
                 greeting(&mut f)?;
                 let session = session(&mut f)?;
@@ -478,6 +521,16 @@ impl Frame {
             Frame::End(End { length: 3, hash: [9; 32] }),
             Frame::Discover { session: "getstage2".into() },
             Frame::Offer(Offer { session: "getstage2".into(), control_port: 30765 }),
+            Frame::Status(Status {
+                state: NodeState::Hello,
+                step: String::new(),
+                text: "52:54:00:00:00:01".into(),
+            }),
+            Frame::Status(Status {
+                state: NodeState::Running,
+                step: "formatting".into(),
+                text: "mkfs.ext4 /dev/sda1".into(),
+            }),
         ]
     }
 
@@ -550,6 +603,11 @@ impl Frame {
                 put_greeting(&mut p);
                 put_string(&mut p, &o.session, MAX_SESSION);
                 p.extend_from_slice(&o.control_port.to_be_bytes());
+            }
+            Frame::Status(s) => {
+                p.push(s.state as u8);
+                put_string(&mut p, &s.step, MAX_NAME);
+                put_string(&mut p, &s.text, MAX_REASON);
             }
         }
         let mut out = Vec::with_capacity(HEADER_LEN + p.len());

@@ -14,7 +14,8 @@ mod wire;
 
 pub use error::ProtocolError;
 pub use frame::{
-    Assign, End, Frame, Header, Hello, Kind, Offer, Report, Role, FLAG_TAG, HEADER_LEN, NONCE_LEN, TAG_LEN,
+    Assign, End, Frame, Header, Hello, Kind, NodeState, Offer, Report, Role, Status, FLAG_TAG, HEADER_LEN,
+    NONCE_LEN, TAG_LEN,
 };
 pub use wire::{is_other_session, other_session, validate_session};
 

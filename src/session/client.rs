@@ -141,6 +141,9 @@ pub struct ClientReport {
     pub total: u32,
     pub outcome: SinkOutcome,
     pub duration: Duration,
+    /// The server's control address as this node reached it: where the rest
+    /// of an install (its status connection) goes.
+    pub server: SocketAddr,
 }
 
 impl ClientReport {
@@ -184,6 +187,7 @@ impl Client {
         let data_port = self.listener.local_addr().context(|| "data address".into())?.port();
         let (mut control, node_id) = join(c, Role::Node, data_port)?;
         info!("joined session '{}' as '{}' via {}", c.session, c.name, control.peer());
+        let server = control.peer_addr().context(|| "server address".into())?;
         let meter = Arc::new(SinkMeter::default());
         let writer = Arc::new(Mutex::new(control.writer()?));
         let heartbeat = Heartbeat::start(Arc::clone(&writer), Arc::clone(&self.received), Arc::clone(&meter));
@@ -284,7 +288,7 @@ impl Client {
         if let Some(why) = ended {
             warn!("{why}");
         }
-        Ok(ClientReport { name: c.name.clone(), position: index, total, outcome, duration })
+        Ok(ClientReport { name: c.name.clone(), position: index, total, outcome, duration, server })
     }
 
     /// Reports this node's result for the session without taking part in the
@@ -623,6 +627,12 @@ fn resolve(addr: &ServerAddress) -> std::result::Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {}: {e}", addr.host))?
         .next()
         .ok_or_else(|| format!("{} has no address", addr.host))
+}
+
+/// A node's status connection for the install named `config.session`
+/// (see [`super::status`]), welcomed and ready for status lines.
+pub(crate) fn connect_status(config: &ClientConfig) -> Result<Connection> {
+    join(config, Role::Status, 0).map(|(conn, _)| conn)
 }
 
 /// `kacast go`: tells the server of `session` to start with the nodes it has.

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 use super::repair::{declare_dead, detach_at_parent, remove_from_chain};
 use super::report::NodeResult;
 use super::stats::Stats;
+use super::status::StatusBoard;
 use crate::auth::{self, Key};
 use crate::chain::Relay;
 use crate::connection::{Connection, FrameWriter};
@@ -35,6 +36,8 @@ pub(crate) struct Lobby {
     /// `--slow-after`: how long a node may be much slower than the rest before
     /// it is fed on its own; `None` never.
     pub slow_after: Option<Duration>,
+    /// The install's status board, when nodes' status is kept.
+    pub status: Option<Arc<StatusBoard>>,
 }
 
 #[derive(Default)]
@@ -179,6 +182,9 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
         }
     };
     let Hello { session, name, role, data_port, nonce } = hello;
+    if role == Role::Status {
+        return serve_status(conn, lobby, &session, &name, nonce);
+    }
     if session != lobby.session {
         let reason = crate::protocol::other_session(&lobby.session, &session);
         let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
@@ -238,6 +244,27 @@ pub(crate) fn serve_control(stream: TcpStream, lobby: &Lobby) -> Result<()> {
     // next frame (or end) needs no answer.
     let _ = conn.set_read_timeout(None);
     let _ = conn.read_frame();
+    Ok(())
+}
+
+/// A node's status connection: handed to the install's status board, where
+/// it lives on after this session.
+fn serve_status(
+    mut conn: Connection,
+    lobby: &Lobby,
+    install: &str,
+    name: &str,
+    nonce: Option<[u8; crate::protocol::NONCE_LEN]>,
+) -> Result<()> {
+    let Some(board) = lobby.status.as_ref().filter(|b| b.install() == install) else {
+        let reason = format!("no status kept here for install '{install}'");
+        let _ = conn.write_frame(&Frame::Refuse { reason: reason.clone() });
+        debug!("node '{name}': {reason}");
+        return Ok(());
+    };
+    auth::accept(&mut conn, lobby.key.as_ref(), nonce)?;
+    conn.write_frame(&Frame::Welcome { node_id: 0 })?;
+    board.serve(conn, name);
     Ok(())
 }
 

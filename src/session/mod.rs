@@ -15,6 +15,7 @@ mod repair;
 mod report;
 mod server;
 mod stats;
+pub mod status;
 
 pub use client::{go, hostname, Client, ClientConfig, ClientReport, ServerAddress, DEFAULT_TIMEOUT};
 pub use discovery::{discover, DiscoveryResponder};
@@ -23,3 +24,4 @@ pub use order::{read_node_file, tree_parent, Order};
 pub use report::{NodeResult, SessionReport};
 pub use server::{Server, ServerConfig};
 pub use stats::Stats;
+pub use status::{StatusBoard, StatusLayer, StatusReporter};

@@ -20,6 +20,7 @@ use super::order::{arrange, read_node_file, tree_parent, Candidate, Order};
 use super::repair::{check_slow, check_stalls, declare_dead};
 use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
+use super::status::StatusBoard;
 use crate::auth::Key;
 use crate::chain::{pump, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
 use crate::error::{Error, IoContext, Result};
@@ -57,6 +58,10 @@ pub struct ServerConfig {
     /// A node silent or stalling the chain this long is declared dead and
     /// bypassed.
     pub timeout: Duration,
+    /// Where nodes' status connections for this install go (`--log-dir`):
+    /// shared by the install's sessions, so a node's status connection
+    /// outlives the session it was opened in.
+    pub status: Option<Arc<StatusBoard>>,
 }
 
 impl ServerConfig {
@@ -77,6 +82,7 @@ impl ServerConfig {
             slow_after: Some(DEFAULT_SLOW_AFTER),
             max_rate: None,
             timeout: DEFAULT_TIMEOUT,
+            status: None,
         }
     }
 
@@ -174,6 +180,7 @@ impl Server {
             timeout: config.timeout,
             key: config.key.clone(),
             slow_after: config.slow_after,
+            status: config.status.clone(),
         });
         if config.key.is_none() && !config.bind.is_loopback() {
             warn!(
