@@ -413,9 +413,12 @@ pub fn local_macs() -> Vec<String> {
 /// install, sent through whichever reporter is current.
 pub struct StatusLayer;
 
-static CURRENT: OnceLock<Mutex<Option<(Sender<Msg>, String)>>> = OnceLock::new();
+/// The reporter log lines go to, and the step they are in.
+type Forward = Option<(Sender<Msg>, String)>;
 
-fn current() -> MutexGuard<'static, Option<(Sender<Msg>, String)>> {
+static CURRENT: OnceLock<Mutex<Forward>> = OnceLock::new();
+
+fn current() -> MutexGuard<'static, Forward> {
     CURRENT.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(|p| p.into_inner())
 }
 
