@@ -91,11 +91,13 @@ fn local_then_kamethod_round_trip() {
     assert!(local.contains("DEFAULT local") && local.contains("LOCALBOOT 0"), "{local}");
     let grub = root.join("grub/grub.cfg-01-52-54-00-ab-cd-01");
     assert!(fs::read_to_string(&grub).unwrap().contains("set default=local"));
+    let ipxe = root.join("kacast-mac/52-54-00-ab-cd-01.ipxe");
+    assert!(fs::read_to_string(&ipxe).unwrap().contains("\nexit\n"));
     // The default is untouched: the other nodes still boot kamethod.
     assert_eq!(fs::read_to_string(root.join("pxelinux.cfg/default")).unwrap(), default);
 
     pxe::set_kamethod(root, "52-54-00-ab-cd-01").unwrap();
-    assert!(!p.exists() && !grub.exists());
+    assert!(!p.exists() && !grub.exists() && !ipxe.exists());
     pxe::set_kamethod(root, "52-54-00-ab-cd-01").expect("twice is fine");
     // No stray temporary files.
     let names: Vec<_> =

@@ -49,6 +49,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
     ("pxelinux.cfg.default", PXELINUX_DEFAULT),
     ("pxelinux.cfg.local", PXELINUX_LOCAL),
     ("ipxe.script", IPXE_SCRIPT),
+    ("ipxe.local", IPXE_LOCAL),
     ("grub-efi.cfg", GRUB_EFI),
     ("grub-efi.cfg.local", GRUB_EFI_LOCAL),
     ("dnsmasq-full.conf", DNSMASQ_FULL),
@@ -58,6 +59,7 @@ pub const TEMPLATES: &[(&str, &str)] = &[
 pub const PXELINUX_DEFAULT: &str = include_str!("../../pxe-templates/pxelinux.cfg.default");
 pub const PXELINUX_LOCAL: &str = include_str!("../../pxe-templates/pxelinux.cfg.local");
 pub const IPXE_SCRIPT: &str = include_str!("../../pxe-templates/ipxe.script");
+pub const IPXE_LOCAL: &str = include_str!("../../pxe-templates/ipxe.local");
 pub const GRUB_EFI: &str = include_str!("../../pxe-templates/grub-efi.cfg");
 pub const GRUB_EFI_LOCAL: &str = include_str!("../../pxe-templates/grub-efi.cfg.local");
 pub const DNSMASQ_FULL: &str = include_str!("../../pxe-templates/dnsmasq-full.conf");
@@ -66,6 +68,8 @@ pub const DNSMASQ_PROXY: &str = include_str!("../../pxe-templates/dnsmasq-proxy.
 /// Where the files go, relative to the TFTP root.
 pub const PXELINUX_CFG_DIR: &str = "pxelinux.cfg";
 pub const IPXE_FILE: &str = "kacast.ipxe";
+/// Per-MAC iPXE scripts, named as iPXE's `${mac:hexhyp}` spells them.
+pub const IPXE_MAC_DIR: &str = "kacast-mac";
 pub const GRUB_DIR: &str = "grub";
 
 /// Boot loaders copied into the TFTP root when the distribution has them:
@@ -371,32 +375,35 @@ pub fn mac_config_name(mac: &str) -> Result<String, PxeError> {
     Ok(format!("01-{}", octets.join("-").to_ascii_lowercase()))
 }
 
-fn per_mac_paths(tftp_root: &Path, mac: &str) -> Result<(PathBuf, PathBuf), PxeError> {
+/// A node's per-MAC files: pxelinux's, GRUB EFI's and iPXE's.
+fn per_mac_paths(tftp_root: &Path, mac: &str) -> Result<[(PathBuf, &'static str); 3], PxeError> {
     let name = mac_config_name(mac)?;
-    Ok((
-        tftp_root.join(PXELINUX_CFG_DIR).join(&name),
-        tftp_root.join(GRUB_DIR).join(format!("grub.cfg-{name}")),
-    ))
+    let hexhyp = &name[3..];
+    Ok([
+        (tftp_root.join(PXELINUX_CFG_DIR).join(&name), PXELINUX_LOCAL),
+        (tftp_root.join(GRUB_DIR).join(format!("grub.cfg-{name}")), GRUB_EFI_LOCAL),
+        (tftp_root.join(IPXE_MAC_DIR).join(format!("{hexhyp}.ipxe")), IPXE_LOCAL),
+    ])
 }
 
 /// Makes the node with this MAC boot its local disk next time: writes
-/// `pxelinux.cfg/01-…` (`LOCALBOOT 0`) and `grub/grub.cfg-01-…` (leaves the
-/// network boot). Returns the pxelinux file.
+/// `pxelinux.cfg/01-…` (`LOCALBOOT 0`), `grub/grub.cfg-01-…` and
+/// `kacast-mac/….ipxe` (both leave the network boot). Returns the pxelinux file.
 pub fn set_local(tftp_root: &Path, mac: &str) -> Result<PathBuf, PxeError> {
     check_root(tftp_root)?;
-    let (pxelinux, grub) = per_mac_paths(tftp_root, mac)?;
+    let files = per_mac_paths(tftp_root, mac)?;
     let none = BTreeMap::new();
-    write_atomic(&pxelinux, render(PXELINUX_LOCAL, &none)?.as_bytes())?;
-    write_atomic(&grub, render(GRUB_EFI_LOCAL, &none)?.as_bytes())?;
-    Ok(pxelinux)
+    for (path, template) in &files {
+        write_atomic(path, render(template, &none)?.as_bytes())?;
+    }
+    Ok(files[0].0.clone())
 }
 
 /// Removes the node's per-MAC override: it boots kamethod (the default) again.
 /// Nothing to remove is not an error.
 pub fn set_kamethod(tftp_root: &Path, mac: &str) -> Result<(), PxeError> {
     check_root(tftp_root)?;
-    let (pxelinux, grub) = per_mac_paths(tftp_root, mac)?;
-    for p in [pxelinux, grub] {
+    for (p, _) in per_mac_paths(tftp_root, mac)? {
         match fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(PxeError::Io { path: p, source: e })
