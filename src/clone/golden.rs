@@ -149,6 +149,9 @@ pub fn run_golden(
     for (i, (session, input)) in steps.into_iter().enumerate() {
         server_config.session = session.clone();
         if i > 0 {
+            if let Some(board) = &config.server.status {
+                drop_lost(&mut nodes, board);
+            }
             let going = nodes.values().filter(|n| n.ok).count();
             if going == 0 {
                 warn!("no node left to go on with: stopping before session '{session}'");
@@ -198,6 +201,18 @@ pub fn run_golden(
         None => Vec::new(),
     };
     Ok(CloneReport { nodes, sessions: reports, pxe_local })
+}
+
+/// Nodes whose status connection ended without a last word (powered off,
+/// crashed, unplugged) are not waited for in the next session.
+fn drop_lost(nodes: &mut BTreeMap<String, NodeStatus>, board: &StatusBoard) {
+    for v in board.views().into_iter().filter(|v| v.state == "lost") {
+        if let Some(n) = nodes.get_mut(&v.name).filter(|n| n.ok) {
+            warn!("node '{}' is gone: {}", v.name, v.last);
+            n.ok = false;
+            n.error = Some(v.last);
+        }
+    }
 }
 
 /// How long the end waits for nodes' last status lines, which travel on
