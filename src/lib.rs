@@ -20,6 +20,7 @@ pub mod disk;
 pub mod error;
 pub mod io;
 pub mod kascade;
+pub mod lab;
 pub mod launch;
 pub mod net;
 pub mod protocol;

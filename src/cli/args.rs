@@ -44,6 +44,12 @@ pub enum Cmd {
     Pxe(super::pxe::PxeArgs),
     /// Golden node: each node's live state and last line during an install (clone --log-dir DIR)
     Status(StatusArgs),
+    /// A virtual rack on this machine: N QEMU VMs PXE-boot, clone a small golden disk, boot it
+    Lab(super::lab::LabArgs),
+    /// The kamethod initrd nodes PXE-boot on
+    Initrd(super::boot::InitrdArgs),
+    /// The stage2 of install tools nodes fetch from the golden node (getstage2)
+    Stage2(super::boot::Stage2Args),
 }
 
 #[derive(Args)]

@@ -2,7 +2,9 @@
 //! the library. Nothing here that another program embedding kacast would need.
 
 mod args;
+mod boot;
 mod clone;
+mod lab;
 mod progress;
 mod pxe;
 
@@ -52,6 +54,9 @@ pub fn main() -> i32 {
         Cmd::Kastafior(a) => return kastafior(&a.args),
         Cmd::Pxe(a) => pxe::run(a),
         Cmd::Status(a) => status(a),
+        Cmd::Lab(a) => lab::run(a),
+        Cmd::Initrd(a) => boot::initrd(a),
+        Cmd::Stage2(a) => boot::stage2(a),
     };
     match result {
         Ok(code) => code,
