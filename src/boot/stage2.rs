@@ -14,8 +14,18 @@ use super::initrd::{libs, InitrdError};
 pub const TOOLS: &str = include_str!("../../stage2/tools.list");
 
 /// GRUB's images and modules (by-hand restoration builds core.img and
-/// BOOTX64.EFI from them) and mke2fs's defaults.
-const EXTRA: &[&str] = &["/usr/lib/grub/i386-pc", "/usr/lib/grub/x86_64-efi", "/etc/mke2fs.conf"];
+/// BOOTX64.EFI from them), mke2fs's defaults, and the codepage mtools
+/// converts FAT names with (without it every mtools command fails with
+/// "Error converting to codepage 850").
+const EXTRA: &[&str] = &[
+    "/usr/lib/grub/i386-pc",
+    "/usr/lib/grub/x86_64-efi",
+    "/etc/mke2fs.conf",
+    "/usr/lib/x86_64-linux-gnu/gconv/IBM850.so",
+    "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules",
+    "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache",
+    "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.d",
+];
 
 /// Where tools are looked for, in the initrd's PATH order.
 const PATH: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];

@@ -106,9 +106,17 @@ impl GoldenDisk {
         run("mount the golden root", "mount", &[&path(&root_part), &path(&disk.root)])?;
         disk.mounted = true;
         let uuid = |dev: &Path| run("read a UUID", "blkid", &["-s", "UUID", "-o", "value", &path(dev)]);
-        let (root_uuid, swap_uuid) =
-            (uuid(&root_part)?.trim().to_string(), uuid(&swap_part)?.trim().to_string());
-        populate(&disk.root, spec, &root_uuid, &swap_uuid)?;
+        let mut fstab = format!(
+            "UUID={} / ext4 defaults 0 1\nUUID={} none swap sw 0 0\n",
+            uuid(&root_part)?.trim(),
+            uuid(&swap_part)?.trim()
+        );
+        if spec.firmware == Firmware::Uefi {
+            // The ESP, as a UEFI golden node's fstab has it (this kernel may
+            // not mount FAT: kacast sends the ESP raw and writes it with mtools).
+            fstab += &format!("UUID={} /boot/efi vfat umask=0077 0 1\n", uuid(&disk.part(1))?.trim());
+        }
+        populate(&disk.root, spec, &uuid(&root_part)?, &fstab)?;
         Ok(disk)
     }
 
@@ -132,8 +140,11 @@ impl Drop for GoldenDisk {
     }
 }
 
-fn populate(root: &Path, spec: &GoldenSpec<'_>, root_uuid: &str, swap_uuid: &str) -> Result<(), LabError> {
-    for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "var", "boot/grub"] {
+fn populate(root: &Path, spec: &GoldenSpec<'_>, root_uuid: &str, fstab: &str) -> Result<(), LabError> {
+    let root_uuid = root_uuid.trim();
+    for d in
+        ["bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "root", "var", "boot/grub", "boot/efi"]
+    {
         let p = root.join(d);
         fs::create_dir_all(&p).map_err(io(&p))?;
     }
@@ -145,11 +156,7 @@ fn populate(root: &Path, spec: &GoldenSpec<'_>, root_uuid: &str, swap_uuid: &str
     write(&root.join("sbin/init"), INIT, 0o755)?;
     write(&root.join("etc/hostname"), "golden\n", 0o644)?;
     write(&root.join("etc/machine-id"), &format!("{}\n", random_hex(16)), 0o444)?;
-    write(
-        &root.join("etc/fstab"),
-        &format!("UUID={root_uuid} / ext4 defaults 0 1\nUUID={swap_uuid} none swap sw 0 0\n"),
-        0o644,
-    )?;
+    write(&root.join("etc/fstab"), fstab, 0o644)?;
     copy(spec.vmlinuz, &root.join("boot/vmlinuz"), 0o644)?;
     copy(spec.initrd, &root.join("boot/initrd.img"), 0o644)?;
     write(
