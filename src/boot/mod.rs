@@ -3,7 +3,9 @@
 //! DHCPD services" and its "PXE server to local boot", without editing by hand).
 
 pub mod cmdline;
+pub mod initrd;
 pub mod pxe;
+pub mod stage2;
 
 pub use cmdline::KernelArgs;
 pub use pxe::{install, mac_config_name, render, set_kamethod, set_local, PxeConfig, PxeError};

@@ -42,6 +42,10 @@ pub enum Cmd {
     Kastafior(PassThrough),
     /// Network boot: PXE/iPXE/GRUB files and dnsmasq configurations; per-node kamethod or local disk
     Pxe(super::pxe::PxeArgs),
+    /// The nodes' initrd: busybox, kernel modules, kacast and the kamethod init
+    Initrd(super::boot::InitrdArgs),
+    /// The tools the nodes fetch from the golden node before they install (ka's stage2)
+    Stage2(super::boot::Stage2Args),
 }
 
 /// Arguments handed on unparsed, to a tool's own command line.

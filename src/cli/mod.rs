@@ -2,6 +2,7 @@
 //! the library. Nothing here that another program embedding kacast would need.
 
 mod args;
+mod boot;
 mod clone;
 mod progress;
 mod pxe;
@@ -51,6 +52,8 @@ pub fn main() -> i32 {
         Cmd::Kascade(a) => return kascade(&a.args),
         Cmd::Kastafior(a) => return kastafior(&a.args),
         Cmd::Pxe(a) => pxe::run(a),
+        Cmd::Initrd(a) => boot::run_initrd(a),
+        Cmd::Stage2(a) => boot::run_stage2(a),
     };
     match result {
         Ok(code) => code,

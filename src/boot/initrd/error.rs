@@ -1,0 +1,57 @@
+//! What can stop an initrd or stage2 build. Each message names the file, tool
+//! or package involved and, where there is one, the fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host tool the build needs is not installed.
+    #[error("'{tool}' is not installed, needed to {purpose} (apt-get install {package})")]
+    MissingTool { tool: String, purpose: String, package: String },
+    /// A host tool ran and failed.
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: String, detail: String },
+    #[error("no kernel in {}: {why}", root.display())]
+    Kernel { root: PathBuf, why: String },
+    /// A binary to copy needs a library the host does not have.
+    #[error("{}: shared libraries not found: {}", binary.display(), missing.join(", "))]
+    MissingLibs { binary: PathBuf, missing: Vec<String> },
+}
+
+impl BuildError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> BuildError {
+        BuildError::Io { what: what.into(), source }
+    }
+}
+
+pub type Result<T, E = BuildError> = std::result::Result<T, E>;
+
+/// Runs a host tool for the build and returns its stdout; a tool that is not
+/// there is a [`BuildError::MissingTool`] naming the package that has it.
+pub(crate) fn run_tool(
+    cmd: &mut std::process::Command,
+    tool: &str,
+    purpose: &str,
+    package: &str,
+) -> Result<String> {
+    tracing::debug!("running {cmd:?}");
+    let out = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BuildError::MissingTool { tool: tool.into(), purpose: purpose.into(), package: package.into() }
+        } else {
+            BuildError::io(format!("start {tool}"), e)
+        }
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let detail = format!("{}: {}", out.status, stderr.trim());
+        return Err(BuildError::Tool { tool: tool.into(), detail });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
