@@ -5,6 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
@@ -15,6 +16,8 @@ const META_PACKAGE: &str = "linux-image-amd64";
 /// Written into a cache entry once it is complete (unpacked and depmod'ed):
 /// an interrupted fetch is redone rather than half used.
 const COMPLETE_MARK: &str = ".kacast-complete";
+/// Tells apart the scratch directories of fetches within one process.
+static SCRATCH: AtomicU64 = AtomicU64::new(0);
 
 /// An unpacked kernel package: `root/boot/vmlinuz-VERSION` and
 /// `root/lib/modules/VERSION`.
@@ -44,31 +47,24 @@ impl KernelTree {
             return KernelTree::from_dir(&root);
         }
         info!("kernel {version}: downloading {package} into {}", cache.display());
-        let download = cache.join("download");
-        fs::create_dir_all(&download)
-            .map_err(|e| BuildError::io(format!("create {}", download.display()), e))?;
-        run_tool(
-            Command::new("apt-get").args(["download", "-q", &package]).current_dir(&download),
-            "apt-get",
-            &format!("download {package} (is the network up?)"),
-            "apt",
-        )?;
-        let deb = find_deb(&download, &package)?;
-        if root.exists() {
-            fs::remove_dir_all(&root).map_err(|e| BuildError::io(format!("remove {}", root.display()), e))?;
+        // Per-process scratch names: two builds fetching at once (parallel
+        // tests) must not unpack into each other; the first rename wins.
+        let scratch = format!("{}.{}", std::process::id(), SCRATCH.fetch_add(1, Ordering::Relaxed));
+        let download = cache.join(format!("download.{scratch}"));
+        let partial = cache.join(format!("{version}.partial.{scratch}"));
+        let fetched = unpack(&package, &version, &download, &partial);
+        let _ = fs::remove_dir_all(&download);
+        if let Err(e) = fetched {
+            let _ = fs::remove_dir_all(&partial);
+            return Err(e);
         }
-        let root_s = root.to_string_lossy().into_owned();
-        run_tool(
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root_s),
-            "dpkg-deb",
-            "unpack the kernel package",
-            "dpkg",
-        )?;
-        let _ = fs::remove_file(&deb);
-        depmod(&root, &version)?;
-        fs::write(root.join(COMPLETE_MARK), &version)
-            .map_err(|e| BuildError::io(format!("mark {} complete", root.display()), e))?;
-        Ok(KernelTree { root, version })
+        if root.exists() && !root.join(COMPLETE_MARK).exists() {
+            let _ = fs::remove_dir_all(&root);
+        }
+        if fs::rename(&partial, &root).is_err() {
+            let _ = fs::remove_dir_all(&partial);
+        }
+        KernelTree::from_dir(&root)
     }
 
     /// An already unpacked kernel tree (one version under `lib/modules`);
@@ -117,6 +113,28 @@ impl KernelTree {
             self.root.join("usr/lib/modules").join(&self.version)
         }
     }
+}
+
+/// Downloads `package` into `download` and unpacks it, depmod'ed and marked
+/// complete, into `root`.
+fn unpack(package: &str, version: &str, download: &Path, root: &Path) -> Result<()> {
+    fs::create_dir_all(download).map_err(|e| BuildError::io(format!("create {}", download.display()), e))?;
+    run_tool(
+        Command::new("apt-get").args(["download", "-q", package]).current_dir(download),
+        "apt-get",
+        &format!("download {package} (is the network up?)"),
+        "apt",
+    )?;
+    let deb = find_deb(download, package)?;
+    run_tool(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root),
+        "dpkg-deb",
+        "unpack the kernel package",
+        "dpkg",
+    )?;
+    depmod(root, version)?;
+    fs::write(root.join(COMPLETE_MARK), version)
+        .map_err(|e| BuildError::io(format!("mark {} complete", root.display()), e))
 }
 
 /// `linux-image-6.x…-amd64`, the versioned package the meta package depends on.
@@ -168,7 +186,7 @@ fn newest_cached(cache: &Path) -> Option<KernelTree> {
     let mut complete: Vec<PathBuf> = fs::read_dir(cache)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(COMPLETE_MARK).exists())
+        .filter(|p| p.join(COMPLETE_MARK).exists() && !p.to_string_lossy().contains(".partial."))
         .collect();
     complete.sort();
     KernelTree::from_dir(complete.last()?).ok()
