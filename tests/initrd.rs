@@ -295,19 +295,47 @@ fn stage2_tools_run_from_the_unpacked_tar() {
     stage2::build(&Stage2Spec::default(), &again).unwrap();
     assert!(fs::read(&tar).unwrap() == fs::read(&again).unwrap(), "two stage2 builds differ");
 
-    // Unpacked as the initrd does it: busybox tar, over a root where busybox
-    // applets already stand at the tools' paths.
-    let root = dir.path().join("root");
-    fs::create_dir_all(root.join("usr/sbin")).unwrap();
-    let unpacker = if Path::new(initrd::DEFAULT_BUSYBOX).exists() {
-        std::os::unix::fs::symlink(initrd::DEFAULT_BUSYBOX, root.join("usr/sbin/sfdisk")).unwrap();
-        "/bin/busybox tar"
-    } else {
-        "tar"
-    };
-    let unpacked = sh(&format!("{unpacker} -x -C {} <{}", root.display(), tar.display()));
+    // A bare chroot: the closure alone must be enough.
+    let bare = dir.path().join("bare");
+    fs::create_dir(&bare).unwrap();
+    let unpacked = sh(&format!("tar -x -C {} <{}", bare.display(), tar.display()));
     assert!(unpacked.status.success(), "{}", String::from_utf8_lossy(&unpacked.stderr));
-    let ran = Command::new("chroot").arg(&root).args(["/usr/sbin/sfdisk", "--version"]).output().unwrap();
+    let ran = Command::new("chroot").arg(&bare).args(["/usr/sbin/sfdisk", "--version"]).output().unwrap();
     assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
     assert!(String::from_utf8_lossy(&ran.stdout).contains("util-linux"), "{ran:?}");
+
+    // As the init does it: the initrd's own busybox tar unpacks the stage2
+    // over the initrd's root, and the real tools then come first on PATH.
+    if !Path::new(initrd::DEFAULT_BUSYBOX).exists() {
+        return skip("no /bin/busybox (apt-get install busybox-static)");
+    }
+    if let Some(why) = missing_tool("cpio") {
+        return skip(&why);
+    }
+    let mut spec = InitrdSpec::new(fake_kernel(&dir.path().join("k")));
+    spec.modules = vec!["ext4".into()];
+    spec.client = Some(kacast_bin());
+    let img = dir.path().join("initrd.img");
+    initrd::build(&spec, &img).unwrap();
+    let root = dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let unpacked = sh(&format!("cd {} && gzip -dc {} | cpio -idm --quiet", root.display(), img.display()));
+    assert!(unpacked.status.success(), "{}", String::from_utf8_lossy(&unpacked.stderr));
+    let in_initrd = |script: &str| {
+        let out = Command::new("chroot")
+            .arg(&root)
+            .args(["/bin/sh", "-c", &format!("PATH=/usr/sbin:/usr/bin:/sbin:/bin; {script}")])
+            .stdin(fs::File::open(&tar).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(in_initrd("tar --version 2>&1 | head -n 1").contains("busybox"), "before: busybox's tar");
+    in_initrd("tar -x -C /");
+    let after = in_initrd("tar --version | head -n 1; sfdisk --version; mkfs.ext4 -V 2>&1; kacast --version");
+    assert!(after.contains("GNU tar"), "{after}");
+    assert!(after.contains("sfdisk from util-linux"), "{after}");
+    assert!(after.contains("mke2fs"), "{after}");
+    assert!(after.contains("kacast"), "the initrd's kacast still runs after the stage2's libc:\n{after}");
 }
