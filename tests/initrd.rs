@@ -91,9 +91,13 @@ fn fake_kernel(dir: &Path) -> KernelTree {
     fs::create_dir_all(m.join("kernel/fs")).unwrap();
     fs::create_dir_all(dir.join("boot")).unwrap();
     fs::write(dir.join("boot").join(format!("vmlinuz-{v}")), "kernel").unwrap();
-    fs::write(m.join("kernel/fs/jbd2.ko"), "jbd2 module").unwrap();
+    // One compressed, as Debian's newer kernels ship them all.
+    let mut gz = cpio::fixed_gzip(fs::File::create(m.join("kernel/fs/jbd2.ko.gz")).unwrap());
+    std::io::Write::write_all(&mut gz, b"jbd2 module").unwrap();
+    gz.finish().unwrap();
     fs::write(m.join("kernel/fs/ext4.ko"), "ext4 module").unwrap();
-    fs::write(m.join("modules.dep"), "kernel/fs/ext4.ko: kernel/fs/jbd2.ko\nkernel/fs/jbd2.ko:\n").unwrap();
+    fs::write(m.join("modules.dep"), "kernel/fs/ext4.ko: kernel/fs/jbd2.ko.gz\nkernel/fs/jbd2.ko.gz:\n")
+        .unwrap();
     fs::write(m.join("modules.builtin"), "kernel/net/packet/af_packet.ko\n").unwrap();
     KernelTree::from_dir(dir).unwrap()
 }
@@ -150,6 +154,11 @@ fn two_builds_are_byte_identical_and_hold_the_init() {
         String::from_utf8(list.stdout).unwrap(),
         "/lib/modules/6.1.0-0-test/kernel/fs/jbd2.ko\n/lib/modules/6.1.0-0-test/kernel/fs/ext4.ko\n"
     );
+    let jbd2 = sh(&format!(
+        "gzip -dc {} | cpio -i --quiet --to-stdout usr/lib/modules/6.1.0-0-test/kernel/fs/jbd2.ko",
+        a.display()
+    ));
+    assert_eq!(jbd2.stdout, b"jbd2 module", "a compressed module is stored decompressed");
 }
 
 /// Why a QEMU test cannot run here, if it cannot.

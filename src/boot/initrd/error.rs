@@ -32,14 +32,24 @@ impl BuildError {
 
 pub type Result<T, E = BuildError> = std::result::Result<T, E>;
 
-/// Runs a host tool for the build and returns its stdout; a tool that is not
-/// there is a [`BuildError::MissingTool`] naming the package that has it.
+/// Runs a host tool for the build and returns its stdout as text; a tool that
+/// is not there is a [`BuildError::MissingTool`] naming the package that has it.
 pub(crate) fn run_tool(
     cmd: &mut std::process::Command,
     tool: &str,
     purpose: &str,
     package: &str,
 ) -> Result<String> {
+    run_tool_bytes(cmd, tool, purpose, package).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// As [`run_tool`], for a tool whose output is binary (a decompressor).
+pub(crate) fn run_tool_bytes(
+    cmd: &mut std::process::Command,
+    tool: &str,
+    purpose: &str,
+    package: &str,
+) -> Result<Vec<u8>> {
     tracing::debug!("running {cmd:?}");
     let out = cmd.output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -53,5 +63,5 @@ pub(crate) fn run_tool(
         let detail = format!("{}: {}", out.status, stderr.trim());
         return Err(BuildError::Tool { tool: tool.into(), detail });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }

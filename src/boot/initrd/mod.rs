@@ -185,15 +185,35 @@ fn add_modules(tree: &mut Tree, spec: &InitrdSpec) -> Result<modules::Resolution
     }
     let mut list = String::new();
     for rel in &r.load {
-        let at = format!("lib/modules/{}/{rel}", spec.kernel.version);
-        let host = dir.join(rel);
-        let data =
-            fs::read(&host).map_err(|e| BuildError::io(format!("read module {}", host.display()), e))?;
+        let (rel_out, data) = module_file(&dir, rel)?;
+        let at = format!("lib/modules/{}/{rel_out}", spec.kernel.version);
         tree.insert(&at, Node::File { mode: 0o644, data });
         list.push_str(&format!("/{at}\n"));
     }
     tree.insert(MODULES_LIST, Node::File { mode: 0o644, data: list.into() });
     Ok(r)
+}
+
+/// A module's bytes and its name in the initrd: compressed modules (Debian
+/// from trixie on ships `.ko.xz`) are stored decompressed, as busybox insmod
+/// hands the file to the kernel as it is.
+fn module_file(dir: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
+    let host = dir.join(rel);
+    let decompressor = [(".xz", "xz", "xz-utils"), (".zst", "zstd", "zstd"), (".gz", "gzip", "gzip")]
+        .into_iter()
+        .find(|(suffix, _, _)| rel.ends_with(suffix));
+    let Some((suffix, tool, package)) = decompressor else {
+        let data =
+            fs::read(&host).map_err(|e| BuildError::io(format!("read module {}", host.display()), e))?;
+        return Ok((rel.to_string(), data));
+    };
+    let out = error::run_tool_bytes(
+        Command::new(tool).arg("-dc").arg(&host),
+        tool,
+        "decompress kernel modules",
+        package,
+    )?;
+    Ok((rel.trim_end_matches(suffix).to_string(), out))
 }
 
 /// The shared libraries (and dynamic loader) `binary` needs, at their host paths.
