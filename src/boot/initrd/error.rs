@@ -60,8 +60,32 @@ pub(crate) fn run_tool_bytes(
     })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let detail = format!("{}: {}", out.status, stderr.trim());
+        let detail = format!("could not {purpose}: {}: {}", out.status, stderr.trim());
         return Err(BuildError::Tool { tool: tool.into(), detail });
     }
     Ok(out.stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn errors_name_the_tool_the_purpose_and_the_package() {
+        let e = run_tool(&mut Command::new("kacast-no-such-tool"), "kacast-no-such-tool", "fetch", "pkg");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("'kacast-no-such-tool' is not installed, needed to fetch (apt-get install pkg)"),
+            "{e}"
+        );
+        let e = run_tool(
+            Command::new("sh").args(["-c", "echo E: offline >&2; exit 100"]),
+            "sh",
+            "download x",
+            "p",
+        );
+        let e = e.unwrap_err().to_string();
+        assert!(e.contains("sh failed: could not download x") && e.contains("E: offline"), "{e}");
+    }
 }
