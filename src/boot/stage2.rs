@@ -1,25 +1,32 @@
-//! The stage2: the golden node's own install tools and their libraries, in a
-//! tar the nodes fetch through the chain (`getstage2`) and unpack over their
-//! initrd. See `stage2/README.md`.
+//! The stage2: the tools `kacast install` runs on a node (sfdisk, mkfs.*,
+//! GNU tar, grub-*, …) with their libraries and data, as a tar the initrd
+//! fetches from the golden node and unpacks over its root (ka's
+//! `rescue.sqfs`). The initrd stays small and kernel-only; the tools come
+//! from the golden node itself, so they match what it cloned.
+//!
+//! Plain tar: the initrd unpacks it with busybox tar, which does not detect
+//! compression by itself, and on a LAN the chain moves it in a second or two.
 
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::initrd::{libs, InitrdError};
+use crate::boot::initrd::error::{BuildError, Result};
+use crate::boot::initrd::{add_libraries, cpio::source_date_epoch, write_atomically, Node, Tree};
 
-/// The default tool list, one per line (`stage2/tools.list`).
-pub const TOOLS: &str = include_str!("../../stage2/tools.list");
-
-/// GRUB's images and modules (by-hand restoration builds core.img and
-/// BOOTX64.EFI from them), mke2fs's defaults, and the codepage mtools
+/// The default tools, one per line (`#` comments), see `stage2/tools.list`.
+pub const TOOLS_LIST: &str = include_str!("../../stage2/tools.list");
+/// Where a tool name is looked for, in the initrd's PATH order: `/usr/sbin`
+/// first, so a merged-/usr host gives the canonical path, not `/sbin/…`.
+const SEARCH_PATH: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+/// Data the tools read at run time: GRUB's modules and images for both
+/// firmwares, its scripts, mke2fs's defaults, and the codepage mtools
 /// converts FAT names with (without it every mtools command fails with
-/// "Error converting to codepage 850").
-const EXTRA: &[&str] = &[
+/// "Error converting to codepage 850"). Missing ones are skipped.
+const DATA: &[&str] = &[
     "/usr/lib/grub/i386-pc",
     "/usr/lib/grub/x86_64-efi",
+    "/usr/share/grub",
     "/etc/mke2fs.conf",
     "/usr/lib/x86_64-linux-gnu/gconv/IBM850.so",
     "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules",
@@ -27,93 +34,104 @@ const EXTRA: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.d",
 ];
 
-/// Where tools are looked for, in the initrd's PATH order.
-const PATH: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
-
 #[derive(Debug, Clone, Default)]
 pub struct Stage2Spec {
-    /// Tools to include; empty: [`TOOLS`].
+    /// Tool names or absolute paths; empty means [`TOOLS_LIST`].
     pub tools: Vec<String>,
-    /// More files or directories, at the same paths.
-    pub extra: Vec<PathBuf>,
+    /// More host directories (or files) to carry as they are.
+    pub extra_dirs: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stage2Report {
-    pub bytes: u64,
+    /// Bytes of the tar.
+    pub size: u64,
+    /// Entries in the tar (directories and links included).
     pub files: usize,
-    pub tools: Vec<String>,
-    /// Tools this host lacks.
+    /// Host paths of the tools included.
+    pub tools: Vec<PathBuf>,
+    /// Tools not found on this host.
     pub missing: Vec<String>,
 }
 
-/// Tools named in a list: one per line, `#` comments.
-pub fn parse_list(text: &str) -> Vec<String> {
-    text.lines()
+/// The tool names of a tools.list text.
+pub fn parse_tools(list: &str) -> Vec<String> {
+    list.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect()
 }
 
-/// Builds the stage2 tar into `out`.
-pub fn build(spec: &Stage2Spec, out: &Path) -> Result<Stage2Report, InitrdError> {
-    let tools = if spec.tools.is_empty() { parse_list(TOOLS) } else { spec.tools.clone() };
-    // Archive path → host file, sorted so that the archive is reproducible.
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+/// Where `tool` is on this host, by [`SEARCH_PATH`] (or as given if absolute).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    if tool.starts_with('/') {
+        return Path::new(tool).exists().then(|| tool.into());
+    }
+    SEARCH_PATH.iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+}
+
+/// Builds the stage2 `spec` describes into `out` (a tar).
+pub fn build(spec: &Stage2Spec, out: &Path) -> Result<Stage2Report> {
+    let tools = if spec.tools.is_empty() { parse_tools(TOOLS_LIST) } else { spec.tools.clone() };
+    let mut tree = Tree::new();
     let (mut found, mut missing) = (Vec::new(), Vec::new());
-    for tool in &tools {
-        let Some(path) = PATH.iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file()) else {
-            missing.push(tool.clone());
+    for t in &tools {
+        let Some(path) = find_tool(t) else {
+            missing.push(t.clone());
             continue;
         };
-        for lib in libs::closure(&path)? {
-            files.insert(rel(&lib), lib);
-        }
-        files.insert(rel(&path), path);
-        found.push(tool.clone());
+        tree.add_host(&path).map_err(|e| BuildError::io(format!("copy {}", path.display()), e))?;
+        add_libraries(&mut tree, &path)?;
+        found.push(path);
     }
     if !missing.is_empty() {
-        warn!("stage2: not on this host (skipped): {}", missing.join(", "));
+        warn!("stage2: not on this host, left out: {}", missing.join(", "));
     }
-    for extra in EXTRA.iter().map(PathBuf::from).chain(spec.extra.iter().cloned()) {
-        add_tree(&extra, &mut files)?;
+    let data = DATA.iter().map(PathBuf::from).filter(|p| p.exists());
+    for dir in data.chain(spec.extra_dirs.iter().cloned()) {
+        tree.add_host_tree(&dir).map_err(|e| BuildError::io(format!("copy {}", dir.display()), e))?;
     }
-    let file = fs::File::create(out).map_err(|e| io(out, e))?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.follow_symlinks(true);
-    for (name, from) in &files {
-        tar.append_path_with_name(from, name).map_err(|e| io(from, e))?;
-    }
-    tar.into_inner().and_then(|w| w.into_inner().map_err(|e| e.into_error())).map_err(|e| io(out, e))?;
-    let bytes = fs::metadata(out).map_err(|e| io(out, e))?.len();
-    info!("{}: {} tools, {} files, {bytes} bytes", out.display(), found.len(), files.len());
-    Ok(Stage2Report { bytes, files: files.len(), tools: found, missing })
+    let mtime = u64::from(source_date_epoch());
+    let size = write_atomically(out, |w| write_tar(&tree, mtime, w))?;
+    info!("stage2 {}: {size} bytes, {} entries, {} tools", out.display(), tree.len(), found.len());
+    Ok(Stage2Report { size, files: tree.len(), tools: found, missing })
 }
 
-/// A file, or every file under a directory; a missing one is skipped.
-fn add_tree(path: &Path, files: &mut BTreeMap<String, PathBuf>) -> Result<(), InitrdError> {
-    let Ok(meta) = fs::metadata(path) else {
-        warn!("stage2: {} not on this host (skipped)", path.display());
-        return Ok(());
-    };
-    if meta.is_file() {
-        files.insert(rel(path), path.to_path_buf());
-        return Ok(());
+/// `tree` as a tar: entries in path order, owner root, every time `mtime`
+/// (long names as GNU extensions, which busybox tar reads).
+fn write_tar(tree: &Tree, mtime: u64, w: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut b = tar::Builder::new(w);
+    for (path, node) in tree.iter() {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        match node {
+            Node::Dir { mode } => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*mode);
+                h.set_size(0);
+                b.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            }
+            Node::File { mode, data } => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data.as_slice())?;
+            }
+            Node::Symlink { target } => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, path, target)?;
+            }
+            Node::CharDev { .. } => {
+                return Err(std::io::Error::other(format!("{path}: device nodes do not belong in a stage2")))
+            }
+        }
     }
-    for e in fs::read_dir(path).map_err(|e| io(path, e))?.flatten() {
-        add_tree(&e.path(), files)?;
-    }
-    Ok(())
-}
-
-fn rel(p: &Path) -> String {
-    p.to_string_lossy().trim_start_matches('/').to_string()
-}
-
-fn io(path: &Path, source: std::io::Error) -> InitrdError {
-    InitrdError::Io { path: path.to_path_buf(), source }
+    b.into_inner()?.flush()
 }
 
 #[cfg(test)]
@@ -121,11 +139,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_list_names_what_install_runs() {
-        let tools = parse_list(TOOLS);
-        for t in ["sfdisk", "mkfs.ext4", "mkswap", "tar", "zstd", "grub-mkimage", "mcopy", "ssh-keygen"] {
+    fn tools_list_parses_and_names_what_install_runs() {
+        let tools = parse_tools(TOOLS_LIST);
+        for t in
+            ["sfdisk", "partx", "wipefs", "mkfs.ext4", "tar", "zstd", "grub-mkimage", "mcopy", "ssh-keygen"]
+        {
             assert!(tools.iter().any(|x| x == t), "{t} missing from stage2/tools.list");
         }
-        assert!(tools.iter().all(|t| !t.contains(' ') && !t.starts_with('#')));
+        assert_eq!(parse_tools("# c\n a # b\n\nb\n"), ["a", "b"]);
     }
 }

@@ -46,9 +46,9 @@ pub enum Cmd {
     Status(StatusArgs),
     /// A virtual rack on this machine: N QEMU VMs PXE-boot, clone a small golden disk, boot it
     Lab(super::lab::LabArgs),
-    /// The kamethod initrd nodes PXE-boot on
+    /// The nodes' initrd: busybox, kernel modules, kacast and the kamethod init
     Initrd(super::boot::InitrdArgs),
-    /// The stage2 of install tools nodes fetch from the golden node (getstage2)
+    /// The tools the nodes fetch from the golden node before they install (ka's stage2)
     Stage2(super::boot::Stage2Args),
 }
 

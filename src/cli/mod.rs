@@ -55,8 +55,8 @@ pub fn main() -> i32 {
         Cmd::Pxe(a) => pxe::run(a),
         Cmd::Status(a) => status(a),
         Cmd::Lab(a) => lab::run(a),
-        Cmd::Initrd(a) => boot::initrd(a),
-        Cmd::Stage2(a) => boot::stage2(a),
+        Cmd::Initrd(a) => boot::run_initrd(a),
+        Cmd::Stage2(a) => boot::run_stage2(a),
     };
     match result {
         Ok(code) => code,

@@ -96,7 +96,7 @@ impl GoldenDisk {
         let (root_part, swap_part) = match spec.firmware {
             Firmware::Bios => (disk.part(1), disk.part(2)),
             Firmware::Uefi => {
-                run("format the golden ESP", "mkfs.vfat", &["-F", "32", "-n", "ESP", &path(&disk.part(1))])?;
+                run("format the golden ESP", "mkfs.vfat", &["-n", "ESP", &path(&disk.part(1))])?;
                 (disk.part(2), disk.part(3))
             }
         };

@@ -15,24 +15,41 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// (a grub.cfg that halts) or the deadline passed.
 pub fn boot_until(drive: &Path, marker: &str, serial: &Path) -> String {
     let drive = format!("file={},format=raw,if=ide", drive.display());
+    qemu_until(&["-drive", &drive], Some(marker), serial, BOOT_DEADLINE).log
+}
+
+/// How a QEMU run ended.
+pub struct Run {
+    /// Everything the serial port said.
+    pub log: String,
+    /// QEMU stopped by itself (poweroff, or a reboot under `-no-reboot`)
+    /// rather than being killed at the marker or the deadline.
+    pub exited: bool,
+}
+
+/// Runs `qemu-system-x86_64` under TCG (this kind of machine's /dev/kvm cannot
+/// boot a kernel) with 256 MiB, no display and no reboot, plus `args`, until
+/// `marker` appears on the serial port (`None`: until QEMU stops), QEMU stops,
+/// or `deadline` passes; then stops it.
+pub fn qemu_until(args: &[&str], marker: Option<&str>, serial: &Path, deadline: Duration) -> Run {
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "256", "-display", "none", "-no-reboot", "-drive", &drive])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "256", "-display", "none", "-no-reboot"])
         .args(["-serial", &format!("file:{}", serial.display()), "-monitor", "none"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start qemu-system-x86_64");
-    let deadline = Instant::now() + BOOT_DEADLINE;
-    let log = loop {
+    let deadline = Instant::now() + deadline;
+    loop {
         // Whether QEMU stopped before reading, so the last read sees all it wrote.
-        let stopped = qemu.try_wait().expect("poll qemu").is_some();
+        let exited = qemu.try_wait().expect("poll qemu").is_some();
         let log = fs::read_to_string(serial).unwrap_or_default();
-        if log.contains(marker) || stopped || Instant::now() > deadline {
-            break log;
+        if marker.is_some_and(|m| log.contains(m)) || exited || Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            return Run { log, exited };
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
-    log
+    }
 }

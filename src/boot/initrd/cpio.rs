@@ -1,102 +1,98 @@
-//! A `newc` cpio archive, the format the kernel unpacks an initramfs from.
-//!
-//! Entries are written in the order given, each with uid/gid 0, one fixed
-//! mtime and inode numbers counted from 1, so the same inputs always give the
-//! same bytes (a reproducible initrd).
+//! The "newc" cpio format the kernel unpacks an initramfs from
+//! (Documentation/driver-api/early-userspace/buffer-format.rst), and the
+//! fixed gzip wrapping that keeps two builds of the same inputs byte-identical.
 
 use std::io::{self, Write};
 
-/// What one entry is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Dir,
-    File {
-        data: Vec<u8>,
-        executable: bool,
-    },
-    Symlink(String),
-    /// A character device (`/dev/console` must exist before devtmpfs is
-    /// mounted, or the kernel starts init without a console).
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
+use flate2::write::GzEncoder;
+use flate2::{Compression, GzBuilder};
+
+use super::tree::{Node, Tree};
+
+const MAGIC: &str = "070701";
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+/// newc pads every header+name and every body to a multiple of 4 bytes.
+const ALIGN: usize = 4;
+
+/// The archive's modification time: `SOURCE_DATE_EPOCH` when set (the
+/// reproducible-builds convention), else 0.
+pub fn source_date_epoch() -> u32 {
+    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
-pub struct Writer<W: Write> {
-    out: W,
+/// Writes `tree` as a newc archive: entries in path order, inode numbers
+/// counted from 1 in that order, owner root, every time `mtime`, then the
+/// `TRAILER!!!` entry. Returns the bytes written.
+pub fn write_newc(tree: &Tree, mtime: u32, out: &mut impl Write) -> io::Result<u64> {
+    let mut w = Counting { inner: out, written: 0 };
+    for (i, (path, node)) in tree.iter().enumerate() {
+        let ino = u32::try_from(i + 1).map_err(|_| io::Error::other("more than 2^32 cpio entries"))?;
+        let (mode, nlink, body, rdev): (u32, u32, &[u8], (u32, u32)) = match node {
+            Node::Dir { mode } => (S_IFDIR | mode, 2, &[], (0, 0)),
+            Node::File { mode, data } => (S_IFREG | mode, 1, data, (0, 0)),
+            Node::Symlink { target } => (S_IFLNK | 0o777, 1, target.as_bytes(), (0, 0)),
+            Node::CharDev { mode, major, minor } => (S_IFCHR | mode, 1, &[], (*major, *minor)),
+        };
+        entry(&mut w, path, Header { ino, mode, nlink, mtime, rdev }, body)?;
+    }
+    entry(&mut w, "TRAILER!!!", Header { ino: 0, mode: 0, nlink: 1, mtime: 0, rdev: (0, 0) }, &[])?;
+    Ok(w.written)
+}
+
+struct Header {
     ino: u32,
+    mode: u32,
+    nlink: u32,
     mtime: u32,
+    rdev: (u32, u32),
+}
+
+fn entry(w: &mut impl Write, name: &str, h: Header, body: &[u8]) -> io::Result<()> {
+    let size = u32::try_from(body.len()).map_err(|_| io::Error::other(format!("{name}: over 4 GiB")))?;
+    let namesize = name.len() + 1;
+    // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
+    let fields = [h.ino, h.mode, 0, 0, h.nlink, h.mtime, size, 0, 0, h.rdev.0, h.rdev.1, namesize as u32, 0];
+    let mut header = String::with_capacity(110);
+    header.push_str(MAGIC);
+    for f in fields {
+        header.push_str(&format!("{f:08X}"));
+    }
+    w.write_all(header.as_bytes())?;
+    w.write_all(name.as_bytes())?;
+    w.write_all(&[0])?;
+    pad(w, header.len() + namesize)?;
+    w.write_all(body)?;
+    pad(w, body.len())
+}
+
+fn pad(w: &mut impl Write, len: usize) -> io::Result<()> {
+    let zeros = [0u8; ALIGN];
+    w.write_all(&zeros[..(ALIGN - len % ALIGN) % ALIGN])
+}
+
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
     written: u64,
 }
 
-impl<W: Write> Writer<W> {
-    pub fn new(out: W, mtime: u32) -> Writer<W> {
-        Writer { out, ino: 0, mtime, written: 0 }
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
     }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
 
-    /// Adds `path` (relative, no leading `/`).
-    pub fn add(&mut self, path: &str, entry: &Entry) -> io::Result<()> {
-        let (mode, data): (u32, &[u8]) = match entry {
-            Entry::Dir => (0o040755, &[]),
-            Entry::File { data, executable } => (if *executable { 0o100755 } else { 0o100644 }, data),
-            Entry::Symlink(target) => (0o120777, target.as_bytes()),
-            Entry::CharDev { .. } => (0o020600, &[]),
-        };
-        let (rmajor, rminor) = match entry {
-            Entry::CharDev { major, minor } => (*major, *minor),
-            _ => (0, 0),
-        };
-        self.ino += 1;
-        let nlink = if matches!(entry, Entry::Dir) { 2 } else { 1 };
-        self.header(path, self.ino, mode, nlink, data.len() as u32, rmajor, rminor)?;
-        self.out.write_all(data)?;
-        self.written += data.len() as u64;
-        self.pad()
-    }
-
-    /// The trailer; returns the output.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.header("TRAILER!!!", 0, 0, 1, 0, 0, 0)?;
-        // The kernel reads the archive in 512-byte blocks.
-        while self.written % 512 != 0 {
-            self.out.write_all(&[0])?;
-            self.written += 1;
-        }
-        Ok(self.out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn header(
-        &mut self,
-        name: &str,
-        ino: u32,
-        mode: u32,
-        nlink: u32,
-        size: u32,
-        rmajor: u32,
-        rminor: u32,
-    ) -> io::Result<()> {
-        let mtime = if ino == 0 { 0 } else { self.mtime };
-        let fields = [ino, mode, 0, 0, nlink, mtime, size, 0, 0, rmajor, rminor, name.len() as u32 + 1, 0];
-        let mut h = String::from("070701");
-        for f in fields {
-            h.push_str(&format!("{f:08X}"));
-        }
-        self.out.write_all(h.as_bytes())?;
-        self.out.write_all(name.as_bytes())?;
-        self.out.write_all(&[0])?;
-        self.written += (h.len() + name.len() + 1) as u64;
-        self.pad()
-    }
-
-    fn pad(&mut self) -> io::Result<()> {
-        while self.written % 4 != 0 {
-            self.out.write_all(&[0])?;
-            self.written += 1;
-        }
-        Ok(())
-    }
+/// A gzip stream whose header holds no time and no file name, so the output
+/// depends on the input bytes only.
+pub fn fixed_gzip<W: Write>(out: W) -> GzEncoder<W> {
+    GzBuilder::new().mtime(0).write(out, Compression::default())
 }
 
 #[cfg(test)]
@@ -104,26 +100,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layout_is_newc_and_deterministic() {
-        let build = || {
-            let mut w = Writer::new(Vec::new(), 0);
-            w.add("bin", &Entry::Dir).unwrap();
-            w.add("bin/sh", &Entry::Symlink("busybox".into())).unwrap();
-            w.add("init", &Entry::File { data: b"#!/bin/sh\n".to_vec(), executable: true }).unwrap();
-            w.add("dev/console", &Entry::CharDev { major: 5, minor: 1 }).unwrap();
-            w.finish().unwrap()
-        };
-        let a = build();
-        assert_eq!(a, build());
-        assert_eq!(a.len() % 512, 0);
-        assert!(a.starts_with(b"070701"));
-        // The first header: inode 1, a directory, name "bin" (4 bytes with NUL).
-        assert_eq!(&a[6..14], b"00000001");
-        assert_eq!(&a[14..22], b"000041ED");
-        assert_eq!(&a[94..102], b"00000004");
-        assert_eq!(&a[110..114], b"bin\0");
-        let text = String::from_utf8_lossy(&a);
-        assert!(text.contains("TRAILER!!!"));
-        assert!(text.contains("#!/bin/sh\n"));
+    fn header_layout_and_padding() {
+        let mut t = Tree::new();
+        t.insert("a", Node::File { mode: 0o644, data: b"xyz".to_vec() });
+        let mut out = Vec::new();
+        let n = write_newc(&t, 7, &mut out).unwrap();
+        assert_eq!(n as usize, out.len());
+        // 110-byte header + "a\0" = 112 (aligned), body 3 + 1 pad.
+        assert_eq!(&out[..14], b"07070100000001");
+        assert_eq!(&out[14..22], b"000081A4", "regular file, 0644");
+        assert_eq!(&out[46..54], b"00000007", "mtime");
+        assert_eq!(&out[54..62], b"00000003", "size");
+        assert_eq!(&out[110..112], b"a\0");
+        assert_eq!(&out[112..116], b"xyz\0");
+        assert_eq!(&out[116..122], b"070701");
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+        assert_eq!(out.len() % ALIGN, 0);
     }
 }

@@ -1,215 +1,259 @@
-//! The kamethod initrd: a small initramfs that brings a node from PXE to
-//! `kacast install` (ka-deploy's initrd + its init script).
+//! The initrd the nodes PXE-boot (ka's stage1, `all.rdz`): busybox, the
+//! kernel modules for common NICs, disks and filesystems, the kacast binary,
+//! and an init that brings the network up, fetches the stage2 from the golden
+//! node and runs `kacast install`. Without `kamethod` on the command line the
+//! same init is a minimal initramfs that mounts `root=` and switches to it.
 //!
-//! It holds a Debian kernel's modules for common NICs and disks, busybox,
-//! `initrd/init` and `initrd/udhcpc.script`, and the kacast binary with the
-//! libraries it links to. Everything else the install needs (sfdisk, mkfs,
-//! grub…) comes over the chain as the stage2 ([`super::stage2`]), so the
-//! initrd stays small. The same builder without the client makes the boot
-//! initramfs of a small system (`root=` then switch_root): `kacast lab` boots
-//! its clones with it.
-//!
-//! The archive is reproducible: the same inputs give the same bytes (sorted
-//! entries, one mtime, `gzip -n`).
+//! Built without cpio, mkinitramfs or dracut on the host, and reproducibly:
+//! the same kernel, busybox and kacast binary give the same bytes.
 
-mod cpio;
-mod kernel;
+pub mod cpio;
+pub mod error;
+pub mod kernel;
 pub mod libs;
-mod modules;
+pub mod modules;
+pub mod tree;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use thiserror::Error;
 use tracing::{info, warn};
 
-pub use cpio::{Entry, Writer};
+pub use error::{BuildError, Result};
 pub use kernel::KernelTree;
-pub use modules::{name_of, DepTable, DEFAULT as DEFAULT_MODULES};
+pub use modules::{ModuleIndex, DEFAULT_MODULES};
+pub use tree::{Node, Tree};
 
-/// The init script: PID 1 of the initrd.
-pub const INIT: &str = include_str!("../../../initrd/init");
-/// busybox's udhcpc calls this with each lease (busybox-static ships none).
+/// PID 1 of the initrd (busybox sh).
+pub const INIT_SCRIPT: &str = include_str!("../../../initrd/init");
+/// busybox-static ships no udhcpc script; this one sets the address, routes
+/// and resolv.conf, and records the lease for the init.
 pub const UDHCPC_SCRIPT: &str = include_str!("../../../initrd/udhcpc.script");
+/// Where the init reads the module load order from.
+pub const MODULES_LIST: &str = "etc/kacast/modules";
+/// busybox-static's binary, which needs nothing else to run.
+pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
-#[derive(Debug, Error)]
-pub enum InitrdError {
-    #[error("kernel: {0}")]
-    Kernel(String),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-}
+/// Merged /usr as Debian has it: tools and libraries copied from the host
+/// keep their paths, and busybox's `bin/ash` and stage2's `usr/bin/…` end up
+/// in one directory, where stage2's real tools replace busybox's applets.
+const MERGED_USR: &[(&str, &str)] =
+    &[("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")];
+/// Empty directories the init mounts on or writes to.
+const DIRS: &[(&str, u32)] = &[
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("root", 0o700),
+    ("mnt", 0o755),
+    ("newroot", 0o755),
+    ("var", 0o755),
+    ("usr/bin", 0o755),
+    ("usr/sbin", 0o755),
+    ("usr/lib", 0o755),
+    ("usr/lib64", 0o755),
+];
+/// (path, mode, major, minor): the console the kernel opens for PID 1 before
+/// devtmpfs is mounted, and /dev/null for redirections at that point.
+const DEVICES: &[(&str, u32, u32, u32)] = &[("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3)];
+/// glibc's getpwuid (ssh-keygen, tar's owner names) needs root to exist.
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+const GROUP: &str = "root:x:0:\n";
 
-impl InitrdError {
-    fn io(path: &Path, source: std::io::Error) -> InitrdError {
-        InitrdError::Io { path: path.to_path_buf(), source }
-    }
-}
-
+/// What goes into an initrd.
 #[derive(Debug, Clone)]
 pub struct InitrdSpec {
     pub kernel: KernelTree,
-    /// Modules to include (with their dependencies); empty: [`DEFAULT_MODULES`].
+    /// Module names; empty means [`DEFAULT_MODULES`].
     pub modules: Vec<String>,
-    /// A static busybox (Debian's busybox-static: `/bin/busybox`).
+    /// A static busybox (default [`DEFAULT_BUSYBOX`], from busybox-static).
     pub busybox: PathBuf,
-    /// The kacast binary; `None` makes a boot-only initramfs.
+    /// The kacast binary for `/bin/kacast`; `None` builds a boot-only initrd.
     pub client: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+impl InitrdSpec {
+    pub fn new(kernel: KernelTree) -> InitrdSpec {
+        InitrdSpec { kernel, modules: Vec::new(), busybox: DEFAULT_BUSYBOX.into(), client: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitrdReport {
-    pub bytes: u64,
-    pub entries: usize,
+    /// Bytes of the compressed initrd.
+    pub size: u64,
+    /// Entries in the archive (directories and links included).
+    pub files: usize,
+    pub kernel_version: String,
+    /// Module names in load order.
     pub modules: Vec<String>,
-    /// Wanted modules this kernel has neither as a module nor built in.
+    /// Asked-for modules this kernel has built in.
+    pub builtin: Vec<String>,
+    /// Asked-for modules this kernel does not have at all.
     pub skipped: Vec<String>,
 }
 
-/// Builds the initrd into `out` (gzip-compressed newc cpio).
-pub fn build(spec: &InitrdSpec, out: &Path) -> Result<InitrdReport, InitrdError> {
-    let mut tree = Tree::default();
-    for d in ["bin", "dev", "etc/kacast", "mnt", "proc", "root", "run", "sys", "tmp", "usr/bin", "usr/sbin"] {
-        tree.dir(d);
-    }
-    tree.put("dev/console", Entry::CharDev { major: 5, minor: 1 });
-    tree.put("dev/null", Entry::CharDev { major: 1, minor: 3 });
-    tree.put("init", Entry::File { data: INIT.as_bytes().to_vec(), executable: true });
-    tree.put(
-        "etc/kacast/udhcpc.script",
-        Entry::File { data: UDHCPC_SCRIPT.as_bytes().to_vec(), executable: true },
-    );
-
-    // busybox and one link per applet, all in /bin: the stage2's real tools
-    // (in /usr/sbin, /usr/bin, first on init's PATH) win over the applets.
-    tree.file("bin/busybox", &spec.busybox, true)?;
-    for applet in applets(&spec.busybox)? {
-        if applet != "busybox" {
-            tree.put(&format!("bin/{applet}"), Entry::Symlink("busybox".into()));
-        }
-    }
-    tree.put("sbin", Entry::Symlink("bin".into()));
-
-    // Modules, in load order.
-    let mdir = spec.kernel.modules_dir();
-    let read =
-        |name: &str| fs::read_to_string(mdir.join(name)).map_err(|e| InitrdError::io(&mdir.join(name), e));
-    let table = DepTable::parse(&read("modules.dep")?, &read("modules.builtin").unwrap_or_default());
-    let wanted: Vec<&str> = if spec.modules.is_empty() {
-        DEFAULT_MODULES.to_vec()
-    } else {
-        spec.modules.iter().map(String::as_str).collect()
-    };
-    let (order, skipped) = table.resolve(&wanted);
-    if !skipped.is_empty() {
-        warn!("modules not in kernel {} (skipped): {}", spec.kernel.version, skipped.join(", "));
-    }
-    let prefix = format!("lib/modules/{}", spec.kernel.version);
-    let mut list = String::new();
-    for path in &order {
-        tree.file(&format!("{prefix}/{path}"), &mdir.join(path), false)?;
-        list.push_str(&format!("/{prefix}/{path}\n"));
-    }
-    tree.put("etc/kacast/modules", Entry::File { data: list.into_bytes(), executable: false });
-
+/// Builds the initrd `spec` describes into `out` (gzip'ed newc cpio).
+pub fn build(spec: &InitrdSpec, out: &Path) -> Result<InitrdReport> {
+    let mut tree = Tree::new();
+    base_layout(&mut tree);
+    add_busybox(&mut tree, &spec.busybox)?;
+    tree.insert("init", Node::File { mode: 0o755, data: INIT_SCRIPT.into() });
+    tree.insert("etc/kacast/udhcpc.script", Node::File { mode: 0o755, data: UDHCPC_SCRIPT.into() });
+    let modules = add_modules(&mut tree, spec)?;
     if let Some(client) = &spec.client {
-        tree.put("bin/kacast", Entry::File { data: stripped(client)?, executable: true });
-        for lib in libs::closure(client)? {
-            let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
-            tree.file(&rel, &lib, true)?;
-        }
+        let data = stripped(client, out)?;
+        tree.insert("usr/bin/kacast", Node::File { mode: 0o755, data });
+        add_libraries(&mut tree, client)?;
     }
-
-    let mtime = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut w = Writer::new(Vec::new(), mtime);
-    for (path, entry) in &tree.0 {
-        w.add(path, entry).map_err(|e| InitrdError::io(out, e))?;
-    }
-    let archive = w.finish().map_err(|e| InitrdError::io(out, e))?;
-    let bytes = gzip(&archive, out)?;
-    let modules: Vec<String> = order.iter().map(|p| name_of(p)).collect();
-    info!("{}: {} entries, {} modules, {bytes} bytes", out.display(), tree.0.len(), modules.len());
-    Ok(InitrdReport { bytes, entries: tree.0.len(), modules, skipped })
+    let size = write_atomically(out, |w| {
+        let mut gz = cpio::fixed_gzip(w);
+        cpio::write_newc(&tree, cpio::source_date_epoch(), &mut gz)?;
+        gz.finish()?.flush()
+    })?;
+    let report = InitrdReport {
+        size,
+        files: tree.len(),
+        kernel_version: spec.kernel.version.clone(),
+        modules: modules.load.iter().map(|p| modules::module_name(p)).collect(),
+        builtin: modules.builtin,
+        skipped: modules.missing,
+    };
+    info!(
+        "initrd {}: {} bytes, {} entries, {} modules for kernel {}",
+        out.display(),
+        report.size,
+        report.files,
+        report.modules.len(),
+        report.kernel_version
+    );
+    Ok(report)
 }
 
-/// The archive's entries by path: sorted, parents before children.
-#[derive(Default)]
-struct Tree(BTreeMap<String, Entry>);
-
-impl Tree {
-    fn dir(&mut self, path: &str) {
-        let mut at = String::new();
-        for part in path.split('/') {
-            if !at.is_empty() {
-                at.push('/');
-            }
-            at.push_str(part);
-            self.0.entry(at.clone()).or_insert(Entry::Dir);
-        }
+fn base_layout(tree: &mut Tree) {
+    for (link, target) in MERGED_USR {
+        tree.insert(link, Node::Symlink { target: (*target).into() });
     }
-
-    fn put(&mut self, path: &str, entry: Entry) {
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            self.dir(parent);
-        }
-        self.0.insert(path.to_string(), entry);
+    for (dir, mode) in DIRS {
+        tree.insert(dir, Node::Dir { mode: *mode });
     }
-
-    fn file(&mut self, path: &str, from: &Path, executable: bool) -> Result<(), InitrdError> {
-        let data = fs::read(from).map_err(|e| InitrdError::io(from, e))?;
-        self.put(path, Entry::File { data, executable });
-        Ok(())
+    for (dev, mode, major, minor) in DEVICES {
+        tree.insert(dev, Node::CharDev { mode: *mode, major: *major, minor: *minor });
     }
+    tree.insert("etc/passwd", Node::File { mode: 0o644, data: PASSWD.into() });
+    tree.insert("etc/group", Node::File { mode: 0o644, data: GROUP.into() });
 }
 
-fn applets(busybox: &Path) -> Result<Vec<String>, InitrdError> {
-    let out = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .map_err(|e| InitrdError::Kernel(format!("{}: {e} (package busybox-static)", busybox.display())))?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|a| !a.contains('/'))
-        .collect())
+/// busybox at /usr/bin/busybox and a symlink to it for each applet at the
+/// path busybox itself gives (`--list-full`), so scripts find `ip`, `udhcpc`
+/// and `switch_root` where they expect them.
+fn add_busybox(tree: &mut Tree, busybox: &Path) -> Result<()> {
+    let data = fs::read(busybox).map_err(|e| {
+        BuildError::io(format!("read {} (apt-get install busybox-static)", busybox.display()), e)
+    })?;
+    tree.insert("usr/bin/busybox", Node::File { mode: 0o755, data });
+    add_libraries(tree, busybox)?;
+    let list = error::run_tool(
+        Command::new(busybox).arg("--list-full"),
+        "busybox",
+        "list its applets",
+        "busybox-static",
+    )?;
+    for applet in list.lines().map(str::trim).filter(|a| a.contains('/')) {
+        tree.insert(applet, Node::Symlink { target: "/usr/bin/busybox".into() });
+    }
+    Ok(())
 }
 
-/// The binary without its debug information (a debug build is ten times
-/// larger, and every node downloads it by TFTP), when objcopy is there.
-fn stripped(binary: &Path) -> Result<Vec<u8>, InitrdError> {
-    let tmp = std::env::temp_dir().join(format!("kacast-initrd-strip-{}", std::process::id()));
-    let ok = Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(binary)
-        .arg(&tmp)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    let from = if ok { tmp.as_path() } else { binary };
-    let data = fs::read(from).map_err(|e| InitrdError::io(from, e));
+/// The modules in load order under `lib/modules/VERSION`, and the list the
+/// init reads (absolute paths, so it needs neither modprobe nor `uname -r`).
+fn add_modules(tree: &mut Tree, spec: &InitrdSpec) -> Result<modules::Resolution> {
+    let dir = spec.kernel.modules_dir();
+    let index = ModuleIndex::load(&dir)?;
+    let wanted: Vec<String> = if spec.modules.is_empty() {
+        DEFAULT_MODULES.iter().map(|m| m.to_string()).collect()
+    } else {
+        spec.modules.clone()
+    };
+    let r = index.resolve(&wanted);
+    if !r.missing.is_empty() {
+        warn!("kernel {} has no module {}: skipped", spec.kernel.version, r.missing.join(", "));
+    }
+    let mut list = String::new();
+    for rel in &r.load {
+        let (rel_out, data) = module_file(&dir, rel)?;
+        let at = format!("lib/modules/{}/{rel_out}", spec.kernel.version);
+        tree.insert(&at, Node::File { mode: 0o644, data });
+        list.push_str(&format!("/{at}\n"));
+    }
+    tree.insert(MODULES_LIST, Node::File { mode: 0o644, data: list.into() });
+    Ok(r)
+}
+
+/// A module's bytes and its name in the initrd: compressed modules (Debian
+/// from trixie on ships `.ko.xz`) are stored decompressed, as busybox insmod
+/// hands the file to the kernel as it is.
+fn module_file(dir: &Path, rel: &str) -> Result<(String, Vec<u8>)> {
+    let host = dir.join(rel);
+    let decompressor = [(".xz", "xz", "xz-utils"), (".zst", "zstd", "zstd"), (".gz", "gzip", "gzip")]
+        .into_iter()
+        .find(|(suffix, _, _)| rel.ends_with(suffix));
+    let Some((suffix, tool, package)) = decompressor else {
+        let data =
+            fs::read(&host).map_err(|e| BuildError::io(format!("read module {}", host.display()), e))?;
+        return Ok((rel.to_string(), data));
+    };
+    let out = error::run_tool_bytes(
+        Command::new(tool).arg("-dc").arg(&host),
+        tool,
+        "decompress kernel modules",
+        package,
+    )?;
+    Ok((rel.trim_end_matches(suffix).to_string(), out))
+}
+
+/// The shared libraries (and dynamic loader) `binary` needs, at their host paths.
+pub(crate) fn add_libraries(tree: &mut Tree, binary: &Path) -> Result<()> {
+    for lib in libs::closure(binary)? {
+        tree.add_host(&lib).map_err(|e| BuildError::io(format!("copy {}", lib.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The client binary without its debug sections: a debug build is ~80 MB, of
+/// which the node needs ~10. Copied as is when binutils' strip is absent.
+fn stripped(client: &Path, out: &Path) -> Result<Vec<u8>> {
+    let tmp = out.with_extension("kacast-stripped.tmp");
+    let done = Command::new("strip").arg("--strip-debug").arg("-o").arg(&tmp).arg(client).status();
+    let data = match done {
+        Ok(s) if s.success() => {
+            fs::read(&tmp).map_err(|e| BuildError::io(format!("read {}", tmp.display()), e))
+        }
+        _ => {
+            warn!("could not strip {} (binutils?): copied with its debug sections", client.display());
+            fs::read(client).map_err(|e| BuildError::io(format!("read {}", client.display()), e))
+        }
+    };
     let _ = fs::remove_file(&tmp);
     data
 }
 
-/// `gzip -n`: no name or time in the header, so the output is reproducible.
-fn gzip(data: &[u8], out: &Path) -> Result<u64, InitrdError> {
-    let file = fs::File::create(out).map_err(|e| InitrdError::io(out, e))?;
-    let mut child = Command::new("gzip")
-        .args(["-n", "-6", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(file)
-        .spawn()
-        .map_err(|e| InitrdError::Kernel(format!("gzip: {e}")))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let written = stdin.write_all(data);
-    drop(stdin);
-    let status = child.wait().map_err(|e| InitrdError::io(out, e))?;
-    written.map_err(|e| InitrdError::io(out, e))?;
-    if !status.success() {
-        return Err(InitrdError::Kernel(format!("gzip failed writing {}", out.display())));
-    }
-    Ok(fs::metadata(out).map_err(|e| InitrdError::io(out, e))?.len())
+/// Writes `out` through a temporary file renamed into place, so a failed
+/// build never leaves a truncated initrd for PXE to serve. Returns its size.
+pub(crate) fn write_atomically(
+    out: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
+) -> Result<u64> {
+    let tmp = out.with_extension("tmp");
+    let what = || format!("write {}", out.display());
+    let file = fs::File::create(&tmp).map_err(|e| BuildError::io(what(), e))?;
+    let mut w = std::io::BufWriter::new(file);
+    write(&mut w).and_then(|()| w.flush()).map_err(|e| BuildError::io(what(), e))?;
+    drop(w);
+    fs::rename(&tmp, out).map_err(|e| BuildError::io(what(), e))?;
+    Ok(fs::metadata(out).map_err(|e| BuildError::io(what(), e))?.len())
 }

@@ -1,20 +1,34 @@
-//! Which kernel modules go into the initrd, in the order init loads them,
-//! read from the kernel's own `modules.dep` (what `depmod` wrote), so that
-//! init needs no modprobe.
+//! Which kernel modules go into the initrd, and the order the init loads them
+//! in: read from the kernel's own `modules.dep` and `modules.builtin`, so the
+//! init needs only `insmod` (busybox's modprobe does not read every kernel's
+//! compressed or softdep'd modules the same way), and a module that is built
+//! into this kernel is not looked for.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::Path;
 
-/// The drivers a node needs to reach the golden node and write its disks:
-/// virtio for VMs, the common server NICs and storage controllers, and the
-/// filesystems kacast mounts. Those this kernel lacks (or has built in) are
-/// skipped.
-pub const DEFAULT: &[&str] = &[
-    // virtio (VMs)
+use super::error::{BuildError, Result};
+
+/// What a node needs to reach the golden node and write its disks, on a VM or
+/// on common server hardware. Modules this kernel lacks are skipped (with a
+/// warning), so the list may name more than any one kernel has. Order
+/// matters where the kernel finds a module by name at run time rather than
+/// by symbol: crc32c before ext4 (jbd2's checksums ask the crypto API for
+/// "crc32c"), virtio before its drivers.
+pub const DEFAULT_MODULES: &[&str] = &[
+    // virtio (QEMU/KVM and most clouds)
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
     "virtio_pci",
+    "failover",
+    "net_failover",
     "virtio_net",
     "virtio_blk",
     "virtio_scsi",
-    // NICs
+    // common NICs
     "e1000",
     "e1000e",
     "igb",
@@ -26,109 +40,163 @@ pub const DEFAULT: &[&str] = &[
     "bnxt_en",
     "mlx4_en",
     "mlx5_core",
-    // storage
+    // disks
+    "libata",
+    "libahci",
     "ahci",
+    "ata_piix",
+    "ata_generic",
     "nvme",
     "sd_mod",
     "megaraid_sas",
     "mpt3sas",
-    // filesystems
+    "mptsas",
+    // filesystems kacast install makes and mounts
+    "crc16",
+    "crc32c_generic",
     "crc32c_intel",
+    "mbcache",
+    "jbd2",
     "ext4",
     "xfs",
     "btrfs",
+    "jfs",
 ];
 
-/// `modules.dep`, as module name → (path, dependencies' paths).
-pub struct DepTable {
-    by_name: BTreeMap<String, (String, Vec<String>)>,
-    by_path: BTreeMap<String, Vec<String>>,
-    builtin: BTreeSet<String>,
+/// A kernel's module files, by module name.
+#[derive(Debug, Default)]
+pub struct ModuleIndex {
+    /// name → (path relative to `/lib/modules/VERSION`, its dependencies' paths)
+    modules: HashMap<String, (String, Vec<String>)>,
+    builtin: HashSet<String>,
 }
 
-/// `kernel/fs/ext4/ext4.ko` → `ext4`; dashes and underscores are one in
-/// module names (`crc32c-intel.ko` is `crc32c_intel`).
-pub fn name_of(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file.split(".ko").next().unwrap_or(file);
-    stem.replace('-', "_")
+/// The modules to load, in order, and what was left out.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Paths relative to `/lib/modules/VERSION`, each after its dependencies.
+    pub load: Vec<String>,
+    /// Asked for, but built into the kernel: nothing to load.
+    pub builtin: Vec<String>,
+    /// Asked for, but neither a module nor built in.
+    pub missing: Vec<String>,
 }
 
-impl DepTable {
-    pub fn parse(modules_dep: &str, modules_builtin: &str) -> DepTable {
-        let mut by_name = BTreeMap::new();
-        let mut by_path = BTreeMap::new();
+/// A module's name as the kernel knows it: the file name without `.ko` (and
+/// compression suffix), with `-` as `_` (`crc32c-intel.ko` is `crc32c_intel`).
+pub fn module_name(path_or_name: &str) -> String {
+    let base = path_or_name.rsplit('/').next().unwrap_or(path_or_name);
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+impl ModuleIndex {
+    /// From the text of `modules.dep` and `modules.builtin`.
+    pub fn parse(modules_dep: &str, modules_builtin: &str) -> ModuleIndex {
+        let mut modules = HashMap::new();
         for line in modules_dep.lines() {
             let Some((path, deps)) = line.split_once(':') else { continue };
-            let deps: Vec<String> = deps.split_whitespace().map(str::to_string).collect();
-            by_name.insert(name_of(path), (path.to_string(), deps.clone()));
-            by_path.insert(path.to_string(), deps);
+            let deps = deps.split_whitespace().map(String::from).collect();
+            modules.insert(module_name(path), (path.trim().to_string(), deps));
         }
-        let builtin = modules_builtin.lines().map(name_of).collect();
-        DepTable { by_name, by_path, builtin }
+        let builtin = modules_builtin.lines().filter(|l| !l.trim().is_empty()).map(module_name).collect();
+        ModuleIndex { modules, builtin }
     }
 
-    /// The paths to load, dependencies first, each once; and the wanted
-    /// names this kernel has neither as a module nor built in.
-    pub fn resolve(&self, wanted: &[&str]) -> (Vec<String>, Vec<String>) {
-        let mut order = Vec::new();
-        let mut seen = BTreeSet::new();
-        let mut missing = Vec::new();
+    /// From a kernel's module directory (`/lib/modules/VERSION`).
+    pub fn load(dir: &Path) -> Result<ModuleIndex> {
+        let read = |name: &str| {
+            fs::read_to_string(dir.join(name)).map_err(|e| {
+                BuildError::io(format!("read {} (was depmod run?)", dir.join(name).display()), e)
+            })
+        };
+        Ok(ModuleIndex::parse(&read("modules.dep")?, &read("modules.builtin").unwrap_or_default()))
+    }
+
+    /// The load order for `wanted`: every module after all it depends on,
+    /// each once, in the order asked where dependencies allow.
+    pub fn resolve<S: AsRef<str>>(&self, wanted: &[S]) -> Resolution {
+        let mut r = Resolution::default();
+        let by_path: HashMap<&str, &Vec<String>> =
+            self.modules.values().map(|(p, deps)| (p.as_str(), deps)).collect();
+        let mut seen = HashSet::new();
         for w in wanted {
-            let w = w.replace('-', "_");
-            match self.by_name.get(&w) {
-                Some((path, _)) => self.visit(path, &mut seen, &mut order),
-                None if self.builtin.contains(&w) => {}
-                None => missing.push(w),
+            let name = module_name(w.as_ref());
+            match self.modules.get(&name) {
+                Some((path, _)) => visit(path, &by_path, &mut seen, &mut r.load),
+                None if self.builtin.contains(&name) => r.builtin.push(name),
+                None => r.missing.push(name),
             }
         }
-        (order, missing)
+        r
     }
+}
 
-    fn visit(&self, path: &str, seen: &mut BTreeSet<String>, order: &mut Vec<String>) {
-        if !seen.insert(path.to_string()) {
-            return;
-        }
-        // modules.dep lists a module's whole closure; visiting each
-        // dependency's own list first puts every module after what it needs.
-        for dep in self.by_path.get(path).into_iter().flatten() {
-            self.visit(dep, seen, order);
-        }
-        order.push(path.to_string());
+/// Depth-first: dependencies of `path` (as modules.dep lists them, each with
+/// its own) before `path` itself.
+fn visit<'a>(
+    path: &'a str,
+    by_path: &HashMap<&'a str, &'a Vec<String>>,
+    seen: &mut HashSet<&'a str>,
+    load: &mut Vec<String>,
+) {
+    if !seen.insert(path) {
+        return;
     }
+    if let Some(deps) = by_path.get(path) {
+        for d in deps.iter() {
+            visit(d, by_path, seen, load);
+        }
+    }
+    load.push(path.to_string());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DEP: &str =
-        "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n\
-kernel/fs/jbd2/jbd2.ko:\n\
-kernel/fs/mbcache.ko:\n\
-kernel/lib/crc16.ko:\n\
-kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
-kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
-kernel/net/core/failover.ko:\n\
-kernel/arch/x86/crypto/crc32c-intel.ko:\n";
+    /// As depmod writes it: each module with all it needs, nearest first.
+    const DEP: &str = "\
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/fs/mbcache.ko:
+kernel/lib/crc16.ko:
+kernel/arch/x86/crypto/crc32c-intel.ko.xz:
+";
+    const BUILTIN: &str = "kernel/net/packet/af_packet.ko\nkernel/drivers/ata/libata.ko\n";
 
     #[test]
-    fn dependencies_come_first_and_once() {
-        let t = DepTable::parse(DEP, "kernel/drivers/virtio/virtio.ko\n");
-        let (order, missing) = t.resolve(&["virtio_net", "ext4", "crc32c-intel", "virtio", "nosuch", "ext4"]);
+    fn dependencies_load_first_and_once() {
+        let idx = ModuleIndex::parse(DEP, BUILTIN);
+        let r =
+            idx.resolve(&["virtio_blk", "virtio_pci", "crc32c-intel", "ext4", "libata", "e1000", "virtio"]);
         assert_eq!(
-            order,
+            r.load,
             [
-                "kernel/net/core/failover.ko",
-                "kernel/drivers/net/net_failover.ko",
-                "kernel/drivers/net/virtio_net.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/block/virtio_blk.ko",
+                "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+                "kernel/drivers/virtio/virtio_pci.ko",
+                "kernel/arch/x86/crypto/crc32c-intel.ko.xz",
                 "kernel/lib/crc16.ko",
                 "kernel/fs/mbcache.ko",
                 "kernel/fs/jbd2/jbd2.ko",
                 "kernel/fs/ext4/ext4.ko",
-                "kernel/arch/x86/crypto/crc32c-intel.ko",
             ]
         );
-        assert_eq!(missing, ["nosuch"]);
+        assert_eq!(r.builtin, ["libata"]);
+        assert_eq!(r.missing, ["e1000"]);
+    }
+
+    #[test]
+    fn names_as_the_kernel_spells_them() {
+        assert_eq!(module_name("kernel/arch/x86/crypto/crc32c-intel.ko.zst"), "crc32c_intel");
+        assert_eq!(module_name("virtio_net"), "virtio_net");
     }
 }
