@@ -5,7 +5,7 @@
 //! console.
 //!
 //! Needs root, QEMU, dnsmasq, busybox-static, grub and a Debian kernel
-//! package (fetched once into `target/kacast-cache`); skips with the reason
+//! package (fetched once into the test's target tmp dir); skips with the reason
 //! otherwise (a failure under CI's KACAST_REQUIRE_ALL_TESTS). One rack at a
 //! time: TCG VMs on two cores measure the machine, not kacast.
 
@@ -34,7 +34,8 @@ fn config(nodes: usize, firmware: Firmware) -> Option<(LabConfig, tempfile::Temp
         return None;
     }
     let work = tempfile::Builder::new().prefix("kacast-lab-test-").tempdir().unwrap();
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/kacast-cache");
+    // The same cache as tests/initrd.rs: the kernel package is fetched once.
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kacast-cache");
     let mut c = LabConfig::new(nodes, env!("CARGO_BIN_EXE_kacast").into(), work.path().to_path_buf(), cache);
     c.firmware = firmware;
     Some((c, work))

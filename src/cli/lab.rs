@@ -19,7 +19,7 @@ pub struct LabArgs {
     #[arg(long, value_name = "DIR")]
     pub work: Option<PathBuf>,
     /// Where the Debian kernel package is kept between runs
-    #[arg(long, value_name = "DIR", default_value = "/var/cache/kacast")]
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/kacast/kernel")]
     pub cache: PathBuf,
     /// MiB of incompressible data in the golden system
     #[arg(long, default_value_t = 16)]
