@@ -74,6 +74,7 @@ const TCP_EFFICIENCY: f64 = 1448.0 / 1514.0;
 /// Hidden sub-commands: this bench re-executed as the star's server and pullers.
 const STAR_SERVE: &str = "__star-serve";
 const STAR_PULL: &str = "__star-pull";
+const COPY_RELAY: &str = "__copy-relay";
 /// How long a star puller keeps trying to connect while its server starts.
 const CONNECT_FOR: Duration = Duration::from_secs(20);
 
@@ -82,6 +83,9 @@ enum Tool {
     Chain,
     Star,
     Udpcast,
+    /// A chain of plain read/write relays (this bench re-executed): no framing,
+    /// no hashing, no replay buffer; the floor a TCP chain can reach here.
+    CopyChain,
 }
 
 impl Tool {
@@ -90,6 +94,7 @@ impl Tool {
             Tool::Chain => "chain",
             Tool::Star => "star",
             Tool::Udpcast => "udpcast",
+            Tool::CopyChain => "copy chain",
         }
     }
 }
@@ -134,7 +139,7 @@ fn parse_args() -> Result<Opts> {
         size: if quick { 256 << 20 } else { 1 << 30 },
         nodes: if quick { vec![2, 4, 8] } else { vec![2, 4, 8, 16] },
         profiles: PROFILES.to_vec(),
-        tools: vec![Tool::Chain, Tool::Star, Tool::Udpcast],
+        tools: vec![Tool::Chain, Tool::CopyChain, Tool::Star, Tool::Udpcast],
         delay_ms: 0.0,
         relay_size: if quick { 512 << 20 } else { 1 << 30 },
         timeout: None,
@@ -182,6 +187,7 @@ fn parse_args() -> Result<Opts> {
                         "chain" => Ok(Tool::Chain),
                         "star" => Ok(Tool::Star),
                         "udpcast" => Ok(Tool::Udpcast),
+                        "copy" => Ok(Tool::CopyChain),
                         other => Err(anyhow!("unknown tool '{other}'")),
                     })
                     .collect::<Result<_>>()?
@@ -209,6 +215,7 @@ fn main() {
     let result = match args.get(1).map(String::as_str) {
         Some(STAR_SERVE) => star_serve(&args[2..]),
         Some(STAR_PULL) => star_pull(&args[2..]),
+        Some(COPY_RELAY) => copy_relay(&args[2..]),
         _ => run(),
     };
     if let Err(e) = result {
@@ -577,6 +584,19 @@ fn one_run(
                 rack.spawn_in(&format!("node{:02}", k + 1), &me, &a, dir, Some(ns))?;
             }
         }
+        Tool::CopyChain => {
+            let a = vec![file.display().to_string(), format!("{server_ip}:{port}"), s("1")];
+            server_args = std::iter::once(s(STAR_SERVE)).chain(a).collect();
+            rack.spawn_in("server", &me, &server_args, dir, Some(&server_ns))?;
+            for (k, ns) in node_ns.iter().enumerate() {
+                let upstream = format!("{}:{port}", net.ip(k));
+                let mut a = vec![s(COPY_RELAY), upstream, size.to_string()];
+                if k + 1 < n {
+                    a.push(format!("{}:{port}", net.ip(k + 1)));
+                }
+                rack.spawn_in(&format!("node{:02}", k + 1), &me, &a, dir, Some(ns))?;
+            }
+        }
         Tool::Udpcast => {
             // Receivers first: the sender starts once N of them have said hello.
             let base = [s("--interface"), s("eth0"), s("--nokbd"), s("--portbase"), port.to_string()];
@@ -830,14 +850,488 @@ fn star_pull(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `__copy-relay UPSTREAM SIZE [LISTEN]`: one node of the copy chain. Waits for
+/// its child on LISTEN (unless last), then reads UPSTREAM to its end and writes
+/// every byte on with one 256 KiB buffer; fails unless it had SIZE bytes.
+fn copy_relay(args: &[String]) -> Result<()> {
+    let (upstream, size, listen) = match args {
+        [u, s] => (u, s, None),
+        [u, s, l] => (u, s, Some(l)),
+        _ => bail!("{COPY_RELAY} UPSTREAM SIZE [LISTEN]"),
+    };
+    let size: u64 = size.parse()?;
+    let child = match listen {
+        Some(l) => {
+            let l = TcpListener::bind(l.parse::<SocketAddr>()?)?;
+            Some(l.accept()?.0)
+        }
+        None => None,
+    };
+    let upstream: SocketAddr = upstream.parse()?;
+    let start = Instant::now();
+    let mut s = loop {
+        match TcpStream::connect(upstream) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < CONNECT_FOR => thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e).with_context(|| format!("connect to {upstream}")),
+        }
+    };
+    let mut buf = vec![0u8; BUF];
+    let mut got = 0u64;
+    let mut child = child;
+    loop {
+        let n = match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(c) = child.as_mut() {
+            c.write_all(&buf[..n])?;
+        }
+        got += n as u64;
+    }
+    if let Some(c) = child {
+        c.shutdown(Shutdown::Write)?;
+        let _ = (&c).read(&mut [0u8; 1]);
+    }
+    if got != size {
+        bail!("received {got} bytes of {size}");
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // Relay cost
 
-fn relay_scenario(_opts: &Opts, _command: &str) -> Result<String> {
-    Ok(format!("{RELAY_HEADING}\n\n(not measured yet)\n"))
+/// The replay buffer a relaying node keeps: kacast's default `--buffer`.
+const RING: usize = kacast::chain::DEFAULT_BUFFER;
+/// Pipe capacity for the splice variants: Linux's default ceiling
+/// (/proc/sys/fs/pipe-max-size), so one splice moves up to a chunk and more.
+const PIPE: i32 = 1 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// read() into one 256 KiB buffer, write() it on: the plain userspace copy loop.
+    Copy,
+    /// Fill the next chunk of a 32 MiB ring, write() it on: what kacast does.
+    Ring,
+    /// As Ring, sending with MSG_ZEROCOPY; a chunk is reused only once the
+    /// kernel says it is done with it.
+    ZeroCopy,
+    /// As Ring, sending through a pipe with vmsplice + splice (the pages are
+    /// lent, not copied).
+    Vmsplice,
+    /// splice socket -> pipe, tee to a second pipe, splice on to the next socket,
+    /// read the second pipe into the ring: the forwarding is zero-copy, the
+    /// replay buffer still gets its copy.
+    SpliceTee,
+    /// splice socket -> pipe -> socket and nothing else: the floor, without the
+    /// replay buffer (and without hashing) that failure recovery needs.
+    Splice,
 }
 
-#[allow(dead_code)]
-fn fd_of(s: &TcpStream) -> i32 {
-    s.as_raw_fd()
+impl Way {
+    const ALL: [Way; 6] = [Way::Copy, Way::Ring, Way::ZeroCopy, Way::Vmsplice, Way::SpliceTee, Way::Splice];
+
+    fn name(self) -> &'static str {
+        match self {
+            Way::Copy => "copy loop: read -> write, one 256 KiB buffer",
+            Way::Ring => "ring: recv into the 32 MiB ring -> send (kacast)",
+            Way::ZeroCopy => "ring -> send(MSG_ZEROCOPY)",
+            Way::Vmsplice => "ring -> vmsplice -> pipe -> splice -> socket",
+            Way::SpliceTee => "splice -> pipe, tee -> pipe -> read into the ring; splice -> socket",
+            Way::Splice => "splice -> pipe -> splice, nothing kept (floor)",
+        }
+    }
+
+    fn keeps_copy(self) -> bool {
+        !matches!(self, Way::Copy | Way::Splice)
+    }
+}
+
+struct RelayRun {
+    way: Way,
+    wall_s: f64,
+    relay: Cpu,
+    /// The whole pipeline: sender, relay, receiver threads.
+    all: Cpu,
+}
+
+fn relay_scenario(opts: &Opts, command: &str) -> Result<String> {
+    let load0 = loadavg();
+    let size = opts.relay_size.div_ceil(BUF as u64) * BUF as u64;
+    let mut data = vec![0u8; BUF];
+    let _ = kacast::demo::Pattern::new(SEED, BUF as u64).read_exact(&mut data);
+    let expected = {
+        let mut h = blake3::Hasher::new();
+        for _ in 0..size / BUF as u64 {
+            h.update(&data);
+        }
+        h.finalize()
+    };
+    let blake3 = {
+        let t = thread_cpu();
+        let mut h = blake3::Hasher::new();
+        for _ in 0..(256 << 20) / BUF {
+            h.update(&data);
+        }
+        std::hint::black_box(h.finalize());
+        (thread_cpu() - t).total() / 0.25
+    };
+    let stat0 = Stat::now();
+    let mut runs: Vec<Vec<RelayRun>> = Way::ALL.iter().map(|_| Vec::new()).collect();
+    // Interleaved, three rounds: the median of each way counts.
+    for round in 0..3 {
+        for (i, &way) in Way::ALL.iter().enumerate() {
+            let r = relay_once(way, &data, size, expected).with_context(|| way.name())?;
+            eprintln!(
+                "bench rack: relay round {round}: {:<70} {:.2} s, relay {:.3} CPU s/GiB",
+                way.name(),
+                r.wall_s,
+                r.relay.total() / gib(size)
+            );
+            runs[i].push(r);
+        }
+    }
+    let stat1 = Stat::now();
+    let span = (stat1.at - stat0.at).as_secs_f64();
+    let runs: Vec<RelayRun> = runs.into_iter().map(|r| median(r, |r| r.relay.total())).collect();
+    let g = gib(size);
+    let copy = runs[0].relay.total();
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| way | keeps the replay copy | relay CPU s/GiB (user+sys) | vs copy loop | pipeline CPU s/GiB | MB/s |"
+    );
+    let _ = writeln!(t, "|---|:-:|--:|--:|--:|--:|");
+    for r in &runs {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.3} ({:.3}+{:.3}) | {:.2} | {:.3} | {:.0} |",
+            r.way.name(),
+            if r.way.keeps_copy() { "yes" } else { "no" },
+            r.relay.total() / g,
+            r.relay.user / g,
+            r.relay.sys / g,
+            r.relay.total() / copy,
+            r.all.total() / g,
+            mb_s(size, r.wall_s),
+        );
+    }
+    let m = machine();
+    Ok(format!(
+        "{RELAY_HEADING}\n\n\
+         Measured by `benches/rack.rs` (`--scenario relay`), which rewrites this section:\n\
+         what it costs one thread to pass a stream on, in each way a node could. A\n\
+         sending thread writes {size} over loopback TCP to the relaying thread, which\n\
+         forwards it over loopback TCP to a receiving thread that hashes it (every run's\n\
+         BLAKE3 matched the source's). Each way ran three times, interleaved; the median\n\
+         by relay CPU counts. *relay CPU*: the relaying thread's own user+sys\n\
+         (RUSAGE_THREAD) per GiB; on loopback its sends also carry the kernel's delivery\n\
+         into the receiving socket. *pipeline CPU*: all three threads.\n\n\
+         - Date: {date}; {cpus} CPUs ({model}), Linux {kernel}; load average {load0} at\n  \
+           the start; over the runs the machine was {busy:.2} of {cpus} cores busy.\n\
+         - Command: `{command}`\n\
+         - For scale: BLAKE3, which every node runs over every byte to verify the\n  \
+           stream, costs {blake3:.3} CPU s/GiB on one thread here.\n\n\
+         {t}",
+        size = human(size),
+        date = utc_now(),
+        cpus = m.cpus,
+        model = m.model,
+        kernel = m.kernel,
+        busy = (stat1.busy - stat0.busy) / span,
+    ))
+}
+
+fn check(r: isize, what: &str) -> io::Result<usize> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(r as usize)
+}
+
+fn pipe() -> io::Result<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as isize, "pipe2")?;
+    // SAFETY: fcntl on a pipe we own.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE) };
+    Ok((fds[0], fds[1]))
+}
+
+fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+    // SAFETY: plain fds, null offsets (sockets and pipes have none).
+    check(unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) }, "splice")
+}
+
+/// Moves exactly `len` bytes from a pipe to a socket.
+fn splice_all(from: i32, to: i32, mut len: usize) -> io::Result<()> {
+    while len > 0 {
+        let n = splice(from, to, len)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        len -= n;
+    }
+    Ok(())
+}
+
+fn read_full(fd: i32, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: writes at most the rest of `buf`.
+        let n = check(unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) }, "read")?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// `ee_origin` of a MSG_ZEROCOPY completion (linux/errqueue.h); not in libc.
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+
+/// Collects MSG_ZEROCOPY completions: returns the highest send number the
+/// kernel has released (or `done` when none came).
+fn zc_completions(fd: i32, done: &mut u32, block: bool) -> io::Result<()> {
+    loop {
+        let mut control = [0u8; 128];
+        // SAFETY: msghdr is plain data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = control.len();
+        let flags = libc::MSG_ERRQUEUE | if block { 0 } else { libc::MSG_DONTWAIT };
+        // SAFETY: msg points at our buffers.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                if block {
+                    // The error queue polls readable with POLLERR only.
+                    let mut p = libc::pollfd { fd, events: 0, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 100) };
+                    continue;
+                }
+                return Ok(());
+            }
+            return Err(e);
+        }
+        // SAFETY: walking the control messages the kernel wrote into `msg`.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let err = &*(libc::CMSG_DATA(c) as *const libc::sock_extended_err);
+                if err.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
+                    *done = (*done).max(err.ee_data + 1);
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        if block {
+            return Ok(());
+        }
+    }
+}
+
+/// One relaying thread between two loopback connections, in `way`.
+fn relay_once(way: Way, data: &[u8], size: u64, expected: blake3::Hash) -> Result<RelayRun> {
+    let upstream = TcpListener::bind("127.0.0.1:0")?;
+    let downstream = TcpListener::bind("127.0.0.1:0")?;
+    let (up, down) = (upstream.local_addr()?, downstream.local_addr()?);
+    let own0 = process_cpu();
+    let started = Instant::now();
+    let data = data.to_vec();
+    let sender = thread::spawn(move || -> io::Result<()> {
+        let mut s = TcpStream::connect(up)?;
+        for _ in 0..size / BUF as u64 {
+            s.write_all(&data)?;
+        }
+        s.shutdown(Shutdown::Write)
+    });
+    let receiver = thread::spawn(move || -> io::Result<(u64, blake3::Hash)> {
+        let (mut s, _) = downstream.accept()?;
+        let mut buf = vec![0u8; BUF];
+        let mut h = blake3::Hasher::new();
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            got += n as u64;
+        }
+        Ok((got, h.finalize()))
+    });
+    let (inp, _) = upstream.accept()?;
+    let out = TcpStream::connect(down)?;
+    let (i, o) = (inp.as_raw_fd(), out.as_raw_fd());
+    let cpu0 = thread_cpu();
+    relay_loop(way, i, o, size)?;
+    out.shutdown(Shutdown::Write)?;
+    let relay = thread_cpu() - cpu0;
+    sender.join().map_err(|_| anyhow!("sender panicked"))??;
+    let (got, hash) = receiver.join().map_err(|_| anyhow!("receiver panicked"))??;
+    let wall_s = started.elapsed().as_secs_f64();
+    if got != size || hash != expected {
+        bail!("the receiver got {got} bytes of {size}, hash matches: {}", hash == expected);
+    }
+    Ok(RelayRun { way, wall_s, relay, all: process_cpu() - own0 })
+}
+
+fn relay_loop(way: Way, i: i32, o: i32, size: u64) -> io::Result<()> {
+    let mut ring = vec![0u8; if way == Way::Copy || way == Way::Splice { BUF } else { RING }];
+    let slots = ring.len() / BUF;
+    let mut moved = 0u64;
+    let mut slot = 0usize;
+    let write_all = |buf: &[u8], flags: i32| -> io::Result<()> {
+        let mut off = 0;
+        while off < buf.len() {
+            // SAFETY: sends from within `buf`.
+            let n = unsafe { libc::send(o, buf[off..].as_ptr().cast(), buf.len() - off, flags) };
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                // Out of optmem for zerocopy: the kernel wants completions read.
+                thread::yield_now();
+                continue;
+            }
+            off += check(n, "send")?;
+        }
+        Ok(())
+    };
+    match way {
+        Way::Copy | Way::Ring => {
+            while moved < size {
+                let chunk = &mut ring[slot * BUF..(slot + 1) * BUF];
+                let n = if way == Way::Copy {
+                    // SAFETY: reads into `chunk`.
+                    check(unsafe { libc::read(i, chunk.as_mut_ptr().cast(), BUF) }, "read")?
+                } else {
+                    read_full(i, chunk)?
+                };
+                if n == 0 {
+                    break;
+                }
+                write_all(&chunk[..n], 0)?;
+                moved += n as u64;
+                slot = (slot + 1) % slots;
+            }
+        }
+        Way::ZeroCopy => {
+            let one: i32 = 1;
+            // SAFETY: setsockopt with an int.
+            check(
+                unsafe {
+                    libc::setsockopt(o, libc::SOL_SOCKET, libc::SO_ZEROCOPY, (&one as *const i32).cast(), 4)
+                } as isize,
+                "SO_ZEROCOPY",
+            )?;
+            // Send number that last used each slot, and how many sends so far.
+            let mut used: Vec<Option<u32>> = vec![None; slots];
+            let (mut sends, mut done) = (0u32, 0u32);
+            while moved < size {
+                while let Some(k) = used[slot].filter(|&k| k >= done) {
+                    let _ = k;
+                    zc_completions(o, &mut done, true)?;
+                }
+                let chunk = &mut ring[slot * BUF..(slot + 1) * BUF];
+                let n = read_full(i, chunk)?;
+                if n == 0 {
+                    break;
+                }
+                // One send call per chunk (it may take several if the socket is
+                // full; each counts as a send for the completions).
+                let mut off = 0;
+                while off < n {
+                    // SAFETY: sends from within the chunk.
+                    let r =
+                        unsafe { libc::send(o, chunk[off..n].as_ptr().cast(), n - off, libc::MSG_ZEROCOPY) };
+                    if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                        zc_completions(o, &mut done, true)?;
+                        continue;
+                    }
+                    off += check(r, "send")?;
+                    sends += 1;
+                }
+                used[slot] = Some(sends - 1);
+                zc_completions(o, &mut done, false)?;
+                moved += n as u64;
+                slot = (slot + 1) % slots;
+            }
+            while done < sends {
+                zc_completions(o, &mut done, true)?;
+            }
+        }
+        Way::Vmsplice => {
+            let (pr, pw) = pipe()?;
+            while moved < size {
+                let chunk = &mut ring[slot * BUF..(slot + 1) * BUF];
+                let n = read_full(i, chunk)?;
+                if n == 0 {
+                    break;
+                }
+                let mut off = 0;
+                while off < n {
+                    let iov = libc::iovec { iov_base: chunk[off..].as_mut_ptr().cast(), iov_len: n - off };
+                    // SAFETY: lends pages of the ring to the pipe; the ring slot
+                    // is not rewritten until the ring wraps, 32 MiB later.
+                    let m = check(unsafe { libc::vmsplice(pw, &iov, 1, 0) }, "vmsplice")?;
+                    splice_all(pr, o, m)?;
+                    off += m;
+                }
+                moved += n as u64;
+                slot = (slot + 1) % slots;
+            }
+            // SAFETY: closing our own pipe.
+            unsafe { (libc::close(pr), libc::close(pw)) };
+        }
+        Way::SpliceTee | Way::Splice => {
+            let (ar, aw) = pipe()?;
+            let (br, bw) = pipe()?;
+            while moved < size {
+                let n = splice(i, aw, BUF)?;
+                if n == 0 {
+                    break;
+                }
+                if way == Way::SpliceTee {
+                    let mut teed = 0;
+                    while teed < n {
+                        // SAFETY: plain pipe fds.
+                        teed += check(unsafe { libc::tee(ar, bw, n - teed, 0) }, "tee")?;
+                    }
+                }
+                splice_all(ar, o, n)?;
+                if way == Way::SpliceTee {
+                    let start = slot * BUF;
+                    let mut got = 0;
+                    while got < n {
+                        let end = (start + n).min(ring.len());
+                        got += read_full(br, &mut ring[start + got..end])?;
+                        if start + got >= ring.len() {
+                            break;
+                        }
+                    }
+                    slot = (slot + 1) % slots;
+                }
+                moved += n as u64;
+            }
+            // SAFETY: closing our own pipes.
+            unsafe { (libc::close(ar), libc::close(aw), libc::close(br), libc::close(bw)) };
+        }
+    }
+    Ok(())
+}
+
+/// CPU of this whole process so far.
+fn process_cpu() -> Cpu {
+    // SAFETY: rusage is plain data; getrusage only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    Cpu::from_rusage(&ru)
 }
