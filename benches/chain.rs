@@ -979,6 +979,7 @@ fn render_slow_doc(
 /// from the current document, and so do the sections `benches/rack.rs` writes.
 fn compose_doc(old: &str, chain: Option<String>, slow: Option<String>) -> String {
     let (rest, section) = take_section(old, SLOW_HEADING);
+    let (rest, findings) = take_section(&rest, FINDINGS_HEADING);
     let (rest, rack) = take_section(&rest, RACK_HEADING);
     let (rest, relay) = take_section(&rest, RELAY_HEADING);
     let mut doc = match chain {
@@ -988,7 +989,7 @@ fn compose_doc(old: &str, chain: Option<String>, slow: Option<String>) -> String
         }
         None => rest,
     };
-    for part in [slow.or(section), rack, relay].into_iter().flatten() {
+    for part in [slow.or(section), findings, rack, relay].into_iter().flatten() {
         doc = format!("{}\n\n{}\n", doc.trim_end(), part.trim_end());
     }
     doc

@@ -375,6 +375,9 @@ pub fn utc_now() -> String {
 /// Headings of the sections `benches/rack.rs` owns in docs/PERFORMANCE.md.
 pub const RACK_HEADING: &str = "## Virtual rack";
 pub const RELAY_HEADING: &str = "## Relay cost";
+/// A hand-written section (targets, findings) that no bench rewrites: it
+/// comes before the rack's tables and is kept whichever bench runs.
+pub const FINDINGS_HEADING: &str = "## Wire speed: targets and findings";
 
 /// Splits the section under `heading` (up to the next `## ` or the end) out of
 /// `doc`: the rest, and the section when there is one.
@@ -392,14 +395,16 @@ pub fn take_section(doc: &str, heading: &str) -> (String, Option<String>) {
 
 /// `doc` with the section under `heading` replaced by `section` (or appended).
 pub fn put_section(doc: &str, heading: &str, section: &str) -> String {
-    let (rest, _) = take_section(doc, heading);
-    let (rest, after) = match heading {
-        // The rack section goes before the relay section when both exist.
-        RACK_HEADING => take_section(&rest, RELAY_HEADING),
-        _ => (rest, None),
-    };
+    let (mut rest, _) = take_section(doc, heading);
+    let mut after = Vec::new();
+    // The rack's tables go before the relay section when both exist.
+    if heading == RACK_HEADING {
+        let (r, relay) = take_section(&rest, RELAY_HEADING);
+        rest = r;
+        after.extend(relay);
+    }
     let mut doc = format!("{}\n\n{}\n", rest.trim_end(), section.trim_end());
-    if let Some(a) = after {
+    for a in after {
         doc = format!("{}\n\n{}\n", doc.trim_end(), a.trim_end());
     }
     doc
