@@ -11,11 +11,13 @@
 //! their own namespace on a veth to it. Every veth is shaped on both ends with
 //! `tc tbf` (each direction of every link at the profile's rate: 100 Mbit/s or
 //! 1 Gbit/s), optionally behind `netem` for added latency. For each profile and
-//! each N, in one run and interleaved, three ways to get the same file onto
+//! each N, in one run and interleaved, four ways to get the same file onto
 //! every node, all receivers discarding:
 //!
 //! - *chain*: the release `kacast server -i FILE` and N `kacast client --discard`
 //!   (each node verifies the BLAKE3 hash; the server exits 0 only if all did);
+//! - *copy chain*: the same chain of nodes as plain read/write relays (this
+//!   bench re-executed): no framing, hashing or replay buffer, the floor;
 //! - *star*: every node pulls the whole file from the server over its own TCP
 //!   connection (this bench re-executed as a plain read/write server and as N
 //!   pullers that count the bytes);
@@ -748,7 +750,7 @@ fn render_rack_doc(opts: &Opts, command: &str, load0: &str, sections: &[String])
          Measured by `benches/rack.rs`, which rewrites this section: the server and\n\
          every node in its own network namespace on one bridge, every veth shaped on\n\
          both ends with `tc tbf` (so each direction of each link runs at the rate), all\n\
-         receivers discarding. Same file, same rack, one run; for each N the three\n\
+         receivers discarding. Same file, same rack, one run; for each N the four\n\
          tools ran back to back.\n\n\
          - Date: {date}; machine: {cpus} CPUs ({model}), {mem} RAM, Linux {kernel},\n  \
            {rustc}; load average {load0} when the bench started. Shared with other\n  \
@@ -757,6 +759,8 @@ fn render_rack_doc(opts: &Opts, command: &str, load0: &str, sections: &[String])
          - Data: {size} of incompressible pseudo-random bytes, in the page cache.\n\
          - *chain*: `kacast server -i FILE` and N `kacast client --discard` (each node\n  \
            verifies the BLAKE3 hash; the run counts only if the server exits 0).\n  \
+           *copy chain*: the same chain as plain read/write relays with one 256 KiB\n  \
+           buffer (this bench re-executed): no framing, hashing or replay buffer.\n  \
            *star*: every node pulls the whole file from the server on its own TCP\n  \
            connection (this bench as a read/write server and counting pullers).\n  \
            *udpcast*: `udp-sender --min-receivers N` and N `udp-receiver --file\n  \
