@@ -58,7 +58,8 @@ usage: cargo bench --bench rack [-- OPTIONS]
   --nodes LIST       rack: rack sizes, comma-separated (default 2,4,8,16)
   --profiles LIST    rack: link rates, from 100mbit,1gbit (default both)
   --tools LIST       rack: from chain,star,udpcast (default all three)
-  --delay MS         rack: one-way latency added on every host's link (default 0)
+  --delay MS         rack: one-way latency added on every host's link with netem
+                     (default 0; needs sch_netem, which this machine's kernel lacks)
   --relay-size SIZE  relay: bytes relayed per variant (default 1G, quick 512M)
   --timeout SECS     give up on one run after this long (default: 3 x the
                      expected time + 60)
@@ -364,7 +365,8 @@ impl Net {
                     .copied()
                     .chain(["limit", "100000"])
                     .collect::<Vec<_>>(),
-                )?;
+                )
+                .context("--delay needs the kernel's netem qdisc (sch_netem)")?;
                 let mut a = vec!["-n", &ns, "qdisc", "add", "dev", &dev, "parent", "1:1", "handle", "10:"];
                 a.extend(tbf);
                 sh("tc", &a)?;
