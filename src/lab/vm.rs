@@ -103,8 +103,10 @@ impl Vm {
         Ok(Vm { name: spec.name, mac: net.macs[i].clone(), disk: spec.disk, serial, child: Some(child) })
     }
 
+    /// What the VM printed so far. Firmware writes bytes that are not UTF-8
+    /// (OVMF's box drawing): read lossily, or nothing after them is seen.
     pub fn console(&self) -> String {
-        fs::read_to_string(&self.serial).unwrap_or_default()
+        fs::read(&self.serial).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// Pulls the plug.
