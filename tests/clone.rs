@@ -146,12 +146,14 @@ fn clone_through_chain(
     golden_root: &Path,
     desc: &str,
     targets: &[&LoopDisk],
+    extra: &[&str],
 ) -> (Output, Vec<Output>) {
     let desc_file = work.join("desc");
     fs::write(&desc_file, desc).unwrap();
     let name = golden.name();
-    let args =
-        ["-p", &name, desc_file.to_str().unwrap(), "-x", "/tmp", "--root", golden_root.to_str().unwrap()];
+    let mut args =
+        vec!["-p", &name, desc_file.to_str().unwrap(), "-x", "/tmp", "--root", golden_root.to_str().unwrap()];
+    args.extend(extra);
     run_rack(work, session, &args, &name, targets)
 }
 
@@ -295,7 +297,12 @@ fn an_mbr_golden_disk_clones_onto_three_nodes_and_a_too_small_one_is_refused_unt
     let small_before = small.hash();
     let mut all: Vec<&LoopDisk> = targets.iter().collect();
     all.push(&small);
-    let (golden_out, nodes) = clone_through_chain(work.path(), "mbrclone", &golden, &g, MBR_DESC, &all);
+    // The files travel zstd-compressed: relays forward compressed bytes, each
+    // node decompresses for its own disk; the trees must still be identical.
+    let (golden_out, nodes) =
+        clone_through_chain(work.path(), "mbrclone", &golden, &g, MBR_DESC, &all, &["--compress", "zstd"]);
+    let golden_log = String::from_utf8_lossy(&golden_out.stderr);
+    assert!(golden_log.contains(r#""tree_compression": "zstd""#), "{golden_log}");
 
     // The too-small node refused the plan before writing, and the others went on.
     assert_eq!(golden_out.status.code(), Some(2), "3 of 4 nodes cloned");
@@ -411,7 +418,7 @@ fn a_gpt_uefi_golden_disk_clones_with_its_esp() {
 
     let targets: Vec<LoopDisk> = (0..2).map(|_| LoopDisk::new(GPT_BYTES)).collect();
     let all: Vec<&LoopDisk> = targets.iter().collect();
-    let (golden_out, nodes) = clone_through_chain(work.path(), "gptclone", &golden, &g, GPT_DESC, &all);
+    let (golden_out, nodes) = clone_through_chain(work.path(), "gptclone", &golden, &g, GPT_DESC, &all, &[]);
     assert_eq!(golden_out.status.code(), Some(0));
     let mut ids = BTreeSet::from([machine_id(&g)]);
     for (i, t) in targets.iter().enumerate() {

@@ -117,6 +117,9 @@ pub struct CloneArgs {
     /// Give every node fresh filesystem UUIDs (fstab, crypttab and grub.cfg follow)
     #[arg(long)]
     pub new_uuids: bool,
+    /// Compress the files' stream on the fly: none, zstd (level 3) or zstd:LEVEL
+    #[arg(long, value_name = "HOW")]
+    pub compress: Option<String>,
     /// Keep the golden SSH host keys on the nodes instead of new ones
     #[arg(long)]
     pub keep_ssh_host_keys: bool,

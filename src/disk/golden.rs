@@ -48,6 +48,19 @@ pub struct GoldenSpec {
     pub prepare: PreparePlan,
     /// Names of the install's sessions (see [`Sessions`]).
     pub sessions: Sessions,
+    /// `--compress zstd[:LEVEL]`: the files' tar goes through multi-threaded
+    /// zstd at this level on the golden node; relays forward the compressed
+    /// bytes and each node decompresses for its own disk only.
+    pub compress: Option<u32>,
+}
+
+/// `tar … | zstd` under bash's pipefail, so that a failing tar fails the
+/// stream instead of ending it early as if it were whole (`-T0`: every core
+/// of the golden node compresses).
+fn compressed(tar: &str, level: u32) -> String {
+    // The tar command is a sequence (it judges tar's exit status): a subshell.
+    let pipeline = format!("( {tar} ) | zstd -T0 -{level} -q -c");
+    format!("bash -o pipefail -c {}", super::tar::sh_quote(&pipeline))
 }
 
 /// The install's sessions, ka-deploy's kainstall1, kainstall2, kainstallK.
@@ -197,13 +210,19 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
         prepare: spec.prepare.clone(),
         new_uuids: spec.new_uuids,
         tree_session,
-        tree_compression: Compression::None,
+        tree_compression: if spec.compress.is_some() { Compression::Zstd } else { Compression::None },
         write_fstab: false,
         boot_entry: None,
         postinstalls: Vec::new(),
     };
     plan.check().map_err(|e| DiskError::Other(format!("the golden node gives an unusable {e}")))?;
-    let tree = plan.tree_session.as_ref().map(|_| TreeSource::Command(tar_create_command(&root, &plan)));
+    let tree = plan.tree_session.as_ref().map(|_| {
+        let tar = tar_create_command(&root, &plan);
+        TreeSource::Command(match spec.compress {
+            Some(level) => compressed(&tar, level),
+            None => tar,
+        })
+    });
     info!(
         "plan: {} disks, {} filesystems, {} raw partitions",
         plan.disks.len(),
