@@ -375,13 +375,16 @@ pub fn mac_config_name(mac: &str) -> Result<String, PxeError> {
     Ok(format!("01-{}", octets.join("-").to_ascii_lowercase()))
 }
 
-/// A node's per-MAC files: pxelinux's, GRUB EFI's and iPXE's.
-fn per_mac_paths(tftp_root: &Path, mac: &str) -> Result<[(PathBuf, &'static str); 3], PxeError> {
+/// A node's per-MAC files: pxelinux's, GRUB EFI's (as GRUB's own per-MAC
+/// lookup names it, and as kacast's grub.cfg looks for it) and iPXE's.
+fn per_mac_paths(tftp_root: &Path, mac: &str) -> Result<[(PathBuf, &'static str); 4], PxeError> {
     let name = mac_config_name(mac)?;
     let hexhyp = &name[3..];
+    let colons = hexhyp.replace('-', ":");
     Ok([
         (tftp_root.join(PXELINUX_CFG_DIR).join(&name), PXELINUX_LOCAL),
         (tftp_root.join(GRUB_DIR).join(format!("grub.cfg-{name}")), GRUB_EFI_LOCAL),
+        (tftp_root.join(GRUB_DIR).join(format!("local-{colons}.cfg")), GRUB_EFI_LOCAL),
         (tftp_root.join(IPXE_MAC_DIR).join(format!("{hexhyp}.ipxe")), IPXE_LOCAL),
     ])
 }
