@@ -83,7 +83,7 @@ fn follow_plan(
     let mut next = Next::new(config);
     let plan = match Plan::parse(&bytes) {
         Ok(p) => p,
-        Err(e) => return next.withdraw(format!("{e}"), log),
+        Err(e) => return next.withdraw(format!("{e}"), log, status),
     };
     say(&format!(
         "plan from {}: {} disks, {} filesystems",
@@ -95,7 +95,7 @@ fn follow_plan(
     // 2. Check, then partition, format, mount.
     let checked = match apply::check(plan, &config.disks, &config.root, &config.client.name) {
         Ok(c) => c,
-        Err(e) => return next.withdraw(format!("checking the plan: {e}"), log),
+        Err(e) => return next.withdraw(format!("checking the plan: {e}"), log, status),
     };
     say("plan checked against this node's disks: nothing written yet");
     let mut step = String::new();
@@ -106,7 +106,7 @@ fn follow_plan(
     });
     let mut mounted = match mounted {
         Ok(m) => m,
-        Err(e) => return next.withdraw(format!("{step}: {e}"), log),
+        Err(e) => return next.withdraw(format!("{step}: {e}"), log, status),
     };
     say("disks partitioned, formatted and mounted");
     // 3. The streams.
@@ -158,6 +158,7 @@ fn follow_plan(
     };
     drop(mounted);
     let end = Client::bind(client(config, &s.end(), Sink::Discard, true))?;
+    status.finish(&result);
     end.report_only(result.clone())?;
     match result {
         Ok(()) => {
@@ -209,7 +210,8 @@ impl<'a> Next<'a> {
     }
 
     /// Leaves the install before any data: tells the next session why.
-    fn withdraw(mut self, why: String, log: Vec<String>) -> Result<InstallOutcome> {
+    fn withdraw(mut self, why: String, log: Vec<String>, status: &StatusReporter) -> Result<InstallOutcome> {
+        status.finish(&Err(why.clone()));
         warn!("{why}");
         let session = self.take();
         Client::bind(client(self.config, &session, Sink::Discard, true))?.report_only(Err(why.clone()))?;

@@ -270,8 +270,9 @@ pub fn utc(secs: u64) -> String {
 /// Lines a node keeps while its status connection is down: the whole log of
 /// an install is a few hundred lines; past this the oldest are dropped.
 const PENDING_MAX: usize = 10_000;
-/// How often a node tries again to open its status connection.
-const RETRY: Duration = Duration::from_secs(2);
+/// How often a node tries again to open its status connection: often, as
+/// the golden node listens only while one of the install's sessions runs.
+const RETRY: Duration = Duration::from_millis(250);
 /// How long a node's last lines may take to leave once it is done.
 const FLUSH: Duration = Duration::from_secs(5);
 
@@ -284,7 +285,7 @@ enum Msg {
 /// slow or absent golden node never holds the install up.
 pub struct StatusReporter {
     tx: Sender<Msg>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl StatusReporter {
@@ -304,7 +305,7 @@ impl StatusReporter {
         let (tx, rx) = mpsc::channel();
         let hello = Status { state: NodeState::Hello, step: String::new(), text: macs.join(" ") };
         let thread = thread::spawn(move || send_loop(&c, hello, &rx));
-        StatusReporter { tx, thread: Some(thread) }
+        StatusReporter { tx, thread: Mutex::new(Some(thread)) }
     }
 
     pub fn line(&self, state: NodeState, step: &str, text: &str) {
@@ -312,16 +313,17 @@ impl StatusReporter {
     }
 
     /// Sends the last line (done, or failed and why) and what is still
-    /// pending, for at most a few seconds.
-    pub fn finish(mut self, result: &std::result::Result<(), String>) {
+    /// pending, for at most a few seconds. Called before the node's last
+    /// report, while the golden node still listens: once every node has
+    /// reported it stops. Only the first call counts.
+    pub fn finish(&self, result: &std::result::Result<(), String>) {
+        let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
         match result {
             Ok(()) => self.line(NodeState::Done, "done", "this node is a clone of the golden node"),
             Err(why) => self.line(NodeState::Failed, "failed", why),
         }
         let _ = self.tx.send(Msg::Finish);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = t.join();
     }
 }
 
