@@ -9,6 +9,7 @@
 //! whatever the stream length.
 
 mod forward;
+mod image;
 mod receive;
 mod relay;
 mod ring;
@@ -17,6 +18,7 @@ mod source;
 mod stream;
 
 pub use forward::{forward, forward_reader};
+pub use image::ImageSink;
 pub use receive::{receive, UpstreamError};
 pub use relay::{ChildLink, Fallback, Relay, RelayConfig};
 pub use ring::{Finish, Next, Ring, RingReader};

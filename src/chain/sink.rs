@@ -1,17 +1,14 @@
 //! What a node does with its own copy of the stream.
 
-use std::collections::VecDeque;
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread;
 
-use tracing::warn;
-
+use super::image::{self, ImageSink};
 use super::stream::{StreamReader, Verdict};
+use crate::io::StderrTail;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sink {
@@ -21,6 +18,8 @@ pub enum Sink {
     Dir(PathBuf),
     /// `--to-file PATH`: the raw bytes, to a file or a block device.
     File(PathBuf),
+    /// A raw image to its partition, decompressed and decoded on the way.
+    Image(ImageSink),
     /// Receive, verify and relay only (benchmarks, relays without a disk).
     Discard,
 }
@@ -47,6 +46,7 @@ impl std::fmt::Display for Sink {
             Sink::Command(c) => write!(f, "command `{c}`"),
             Sink::Dir(d) => write!(f, "directory {}", d.display()),
             Sink::File(p) => write!(f, "file {}", p.display()),
+            Sink::Image(i) => write!(f, "{i}"),
             Sink::Discard => f.write_str("discard"),
         }
     }
@@ -82,7 +82,8 @@ impl Sink {
         let (status, sink_error) = match self {
             Sink::Command(cmd) => run_command(cmd, &mut stream, guard),
             Sink::Dir(dir) => (None, unpack(dir, &mut stream).err()),
-            Sink::File(path) => (None, write_file(path, &mut stream).err()),
+            Sink::File(path) => image::write(&ImageSink::plain(path), &mut stream, guard),
+            Sink::Image(image) => image::write(image, &mut stream, guard),
             Sink::Discard => (None, None),
         };
         let Verdict { bytes, hash_ok, error } = stream.verdict();
@@ -96,67 +97,77 @@ impl Sink {
     }
 }
 
-/// Lines of the command's stderr kept for the report: the last ones say why.
-const STDERR_TAIL: usize = 5;
-
 fn run_command(cmd: &str, stream: &mut StreamReader, guard: &SinkGuard) -> (Option<i32>, Option<String>) {
-    let spawned = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a guard can kill whatever the command started.
-        .process_group(0)
-        .spawn();
-    let mut child = match spawned {
+    let mut command = match SinkCommand::spawn(cmd, Stdio::null(), guard) {
         Ok(c) => c,
-        Err(e) => return (None, Some(format!("cannot start: {e}"))),
+        Err(e) => return (None, Some(e)),
     };
-    guard.set(Some(child.id() as i32));
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let stderr = child.stderr.take().map(|err| {
-        let tail = Arc::clone(&tail);
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                warn!("sink: {line}");
-                let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if t.len() == STDERR_TAIL {
-                    t.pop_front();
-                }
-                t.push_back(line);
+    let write_error = command.feed(stream);
+    command.finish(write_error, guard)
+}
+
+/// A sink's shell command: fed the stream on its stdin, in its own process
+/// group so a guard can kill whatever it started, its stderr logged.
+pub(super) struct SinkCommand {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: Option<StderrTail>,
+}
+
+impl SinkCommand {
+    pub fn spawn(cmd: &str, stdout: Stdio, guard: &SinkGuard) -> Result<SinkCommand, String> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start: {e}"))?;
+        guard.set(Some(child.id() as i32));
+        let stderr = child.stderr.take().map(|e| StderrTail::collect(e, Some("sink")));
+        let stdin = child.stdin.take();
+        Ok(SinkCommand { child, stdin, stderr })
+    }
+
+    /// Writes the stream to the command until it ends or the command stops
+    /// reading; then closes its stdin.
+    pub fn feed(&mut self, stream: &mut StreamReader) -> Option<io::Error> {
+        let mut stdin = self.stdin.take().expect("fed once");
+        while let Some(chunk) = stream.next_chunk() {
+            if let Err(e) = stdin.write_all(&chunk) {
+                return Some(e);
             }
-        })
-    });
-    let mut stdin = child.stdin.take().expect("stdin was piped");
-    let mut write_error = None;
-    while let Some(chunk) = stream.next_chunk() {
-        if let Err(e) = stdin.write_all(&chunk) {
-            write_error = Some(e);
-            break;
         }
+        None
     }
-    drop(stdin);
-    let status = child.wait();
-    guard.set(None);
-    if let Some(h) = stderr {
-        let _ = h.join();
-    }
-    let tail: Vec<String> = tail.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
-    let said = if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" | ")) };
-    match status {
-        Ok(s) if s.success() && write_error.is_none() => (Some(0), None),
-        Ok(s) => match s.code() {
-            Some(code) if code != 0 => (Some(code), Some(format!("exited with status {code}{said}"))),
-            Some(code) => (
-                Some(code),
-                Some(format!(
-                    "stopped reading its input early ({}){said}",
-                    write_error.expect("checked above")
-                )),
-            ),
-            None => (None, Some(format!("killed by a signal ({s}){said}"))),
-        },
-        Err(e) => (None, Some(format!("cannot wait for it: {e}"))),
+
+    /// Waits for the command: its exit code, and what went wrong if anything.
+    pub fn finish(
+        mut self,
+        write_error: Option<io::Error>,
+        guard: &SinkGuard,
+    ) -> (Option<i32>, Option<String>) {
+        drop(self.stdin.take());
+        let status = self.child.wait();
+        guard.set(None);
+        let said = self.stderr.take().map(StderrTail::said).unwrap_or_default();
+        match status {
+            Ok(s) if s.success() && write_error.is_none() => (Some(0), None),
+            Ok(s) => match s.code() {
+                Some(code) if code != 0 => (Some(code), Some(format!("exited with status {code}{said}"))),
+                Some(code) => (
+                    Some(code),
+                    Some(format!(
+                        "stopped reading its input early ({}){said}",
+                        write_error.expect("checked above")
+                    )),
+                ),
+                None => (None, Some(format!("killed by a signal ({s}){said}"))),
+            },
+            Err(e) => (None, Some(format!("cannot wait for it: {e}"))),
+        }
     }
 }
 
@@ -171,21 +182,4 @@ fn unpack(dir: &PathBuf, stream: &mut StreamReader) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     archive.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
     archive.unpack(dir).map_err(|e| format!("unpacking the tar stream failed: {e}"))
-}
-
-fn write_file(path: &PathBuf, stream: &mut StreamReader) -> Result<(), String> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| format!("cannot open: {e}"))?;
-    // A regular file is replaced; a block device is written over from its start.
-    if file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        file.set_len(0).map_err(|e| format!("cannot truncate: {e}"))?;
-    }
-    while let Some(chunk) = stream.next_chunk() {
-        file.write_all(&chunk).map_err(|e| format!("write failed after {} bytes: {e}", stream.bytes()))?;
-    }
-    file.sync_all().map_err(|e| format!("flushing to disk failed: {e}"))
 }

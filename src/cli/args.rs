@@ -117,9 +117,14 @@ pub struct CloneArgs {
     /// Give every node fresh filesystem UUIDs (fstab, crypttab and grub.cfg follow)
     #[arg(long)]
     pub new_uuids: bool,
-    /// Compress the files' stream on the fly: none, zstd (level 3) or zstd:LEVEL
+    /// Compress the files' stream and raw images on the fly: none, zstd
+    /// (level 3) or zstd:LEVEL
     #[arg(long, value_name = "HOW")]
     pub compress: Option<String>,
+    /// Send raw images (-D, the ESP) byte for byte, runs of zeros included
+    /// (default: sparse, zeros are not sent; ext2/3/4 read used blocks only)
+    #[arg(long)]
+    pub no_sparse: bool,
     /// Keep the golden SSH host keys on the nodes instead of new ones
     #[arg(long)]
     pub keep_ssh_host_keys: bool,

@@ -45,6 +45,7 @@ pub fn run_clone(a: CloneArgs) -> Result<i32> {
             prepare,
             sessions: sessions.clone(),
             compress: compress_level(a.compress.as_deref())?,
+            sparse: !a.no_sparse,
         }),
     };
     if a.dry_run {
@@ -160,6 +161,7 @@ pub fn run_capture(a: CaptureArgs) -> Result<i32> {
         prepare: PreparePlan::default(),
         sessions: Sessions { base: "capture".into() },
         compress: None,
+        sparse: false,
     };
     let done = clone::capture(&CaptureConfig { golden, name: a.name, output: a.output })?;
     println!(

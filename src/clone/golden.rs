@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::raw::raw_input;
 use crate::disk::golden::{read_golden, Golden, GoldenSpec, Sessions, TreeSource};
 use crate::disk::recorded::RecordedImage;
 use crate::error::{Error, Result};
@@ -121,8 +122,13 @@ pub fn run_golden(
         };
         steps.push((s.clone(), input));
     }
+    // A recorded image's raw files are stored compressed already.
+    let level = match &config.source {
+        Source::Live(spec) => spec.compress,
+        Source::Recorded(_) => None,
+    };
     for (r, dev) in plan.raw.iter().zip(raw_devices) {
-        steps.push((r.session.clone(), Input::File(dev)));
+        steps.push((r.session.clone(), raw_input(dev, r, level)));
     }
     for (p, file) in plan.postinstalls.iter().zip(postinstall_files) {
         steps.push((p.session.clone(), Input::File(file)));

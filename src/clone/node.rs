@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::chain::Sink;
+use crate::chain::{ImageSink, Sink};
 use crate::disk::apply::{self, DiskMap, Mounted};
 use crate::disk::golden::Sessions;
 use crate::disk::{tar, Plan};
@@ -122,10 +122,8 @@ fn follow_plan(
     for r in &plan.raw {
         status.forward_logs(&r.session);
         let dev = mounted.raw_device(&r.disk, r.partition);
-        let sink = match tar::raw_write_command(&dev, r.compression) {
-            Some(cmd) => Sink::Command(cmd),
-            None => Sink::File(dev),
-        };
+        let decompress = r.compression.decompress_command().map(String::from);
+        let sink = Sink::Image(ImageSink { path: dev, sparse: r.sparse, decompress });
         if let Err(e) = next.receive(sink) {
             return Ok(failed(&mut mounted, format!("receiving raw partition {}: {e}", r.partition), log));
         }

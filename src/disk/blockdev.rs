@@ -498,6 +498,8 @@ pub struct Mount {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
+    /// Mounted read-only (`ro` in the mount's or the superblock's options).
+    pub read_only: bool,
 }
 
 /// What is mounted in this process's namespace.
@@ -520,7 +522,9 @@ fn parse_mountinfo_line(line: &str) -> Result<Mount> {
     let dash = fields.iter().skip(6).position(|f| *f == "-").ok_or_else(bad)? + 6;
     let fstype = fields.get(dash + 1).ok_or_else(bad)?.to_string();
     let source = unescape_octal(fields.get(dash + 2).ok_or_else(bad)?).to_string_lossy().into_owned();
-    Ok(Mount { major, minor, mount_point, fstype, source })
+    let ro = |options: Option<&&str>| options.is_some_and(|o| o.split(',').any(|o| o == "ro"));
+    let read_only = ro(fields.get(5)) || ro(fields.get(dash + 3));
+    Ok(Mount { major, minor, mount_point, fstype, source, read_only })
 }
 
 /// Undoes the kernel's `\ooo` escapes of space, tab, newline and backslash.
@@ -740,12 +744,16 @@ mod tests {
 22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/mapper/root rw
 36 22 259:3 / /mnt/my\\040disk\\011x rw master:1 shared:5 - vfat /dev/loop5p1 rw,fmask=0022
 40 22 0:45 / /srv rw - tmpfs tmp\\134fs rw
+41 22 7:3 / /ro ro,noatime - ext4 /dev/loop3 rw
+42 22 7:4 / /ro2 rw,noatime - ext4 /dev/loop4 ro,errors=remount-ro
 ";
 
     #[test]
     fn mountinfo_is_parsed_with_escapes_and_optional_fields() {
         let m = parse_mountinfo(MOUNTINFO).unwrap();
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 5);
+        let ro: Vec<bool> = m.iter().map(|m| m.read_only).collect();
+        assert_eq!(ro, [false, false, false, true, true]);
         assert_eq!((m[0].major, m[0].minor, m[0].fstype.as_str()), (253, 1, "ext4"));
         assert_eq!(m[0].source, "/dev/mapper/root");
         assert_eq!(m[1].mount_point, Path::new("/mnt/my disk\tx"));

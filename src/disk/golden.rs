@@ -48,10 +48,14 @@ pub struct GoldenSpec {
     pub prepare: PreparePlan,
     /// Names of the install's sessions (see [`Sessions`]).
     pub sessions: Sessions,
-    /// `--compress zstd[:LEVEL]`: the files' tar goes through multi-threaded
-    /// zstd at this level on the golden node; relays forward the compressed
-    /// bytes and each node decompresses for its own disk only.
+    /// `--compress zstd[:LEVEL]`: the files' tar and the raw images go
+    /// through multi-threaded zstd at this level on the golden node; relays
+    /// forward the compressed bytes and each node decompresses for its own
+    /// disk only.
     pub compress: Option<u32>,
+    /// Raw images travel sparse: runs of zeros are not sent (`--no-sparse`
+    /// turns it off).
+    pub sparse: bool,
 }
 
 /// `tar … | zstd` under bash's pipefail, so that a failing tar fails the
@@ -166,7 +170,8 @@ pub fn read_golden(spec: &GoldenSpec) -> Result<Golden> {
         }
         let bytes = device_bytes(&dev)?;
         let session = spec.sessions.raw(raw.len());
-        raw.push(RawPartition { disk, partition, bytes, session, compression: Compression::None });
+        let compression = if spec.compress.is_some() { Compression::Zstd } else { Compression::None };
+        raw.push(RawPartition { disk, partition, bytes, session, compression, sparse: spec.sparse });
         raw_devices.push(dev);
     }
     let needed = found.iter().map(|f| f.disk.clone()).chain(raw.iter().map(|r| r.disk.clone()));

@@ -157,6 +157,11 @@ pub struct RawPartition {
     pub session: String,
     #[serde(default)]
     pub compression: Compression,
+    /// Sent as a sparse image (`io::sparse`): runs of zeros are not on the
+    /// wire, and the node makes them (holes, BLKZEROOUT). Plans from before
+    /// sparse images lack it: plain bytes.
+    #[serde(default)]
+    pub sparse: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -534,6 +539,7 @@ pub(crate) mod tests {
             bytes: 9,
             session: "k3".into(),
             compression: Compression::None,
+            sparse: false,
         });
         let plan = Plan::parse(plan.to_json().as_bytes()).unwrap();
         let tar: Vec<_> = plan.mount_order().iter().map(|f| f.partition).collect();
@@ -601,6 +607,7 @@ pub(crate) mod tests {
                         bytes: 9,
                         session: "k3".into(),
                         compression: Compression::None,
+                        sparse: false,
                     };
                     p.raw.push(r.clone());
                     p.raw.push(RawPartition { session: "k4".into(), ..r });
@@ -616,6 +623,7 @@ pub(crate) mod tests {
                         bytes: 9,
                         session: "k3".into(),
                         compression: Compression::None,
+                        sparse: false,
                     })
                 }),
                 "/ travels as a raw image",

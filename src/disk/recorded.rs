@@ -113,6 +113,7 @@ impl RecordedImage {
                 bytes,
                 session,
                 compression: self.compression,
+                sparse: false,
             });
         }
         for p in desc.partitions.iter().filter(|p| is_swap(&p.ptype)) {

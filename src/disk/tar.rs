@@ -69,12 +69,6 @@ pub fn extract_command(root: &Path, compression: Compression) -> String {
     cmd
 }
 
-/// The node's sink for a raw image: straight to the partition, or through
-/// its decompressor.
-pub fn raw_write_command(device: &Path, compression: Compression) -> Option<String> {
-    compression.decompress_command().map(|d| format!("{d} > {}", sh_quote(&device.to_string_lossy())))
-}
-
 /// Makes a path match only itself as a tar wildcard pattern.
 fn escape_glob(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
@@ -136,9 +130,5 @@ mod tests {
         assert!(c.contains(r"--directory='/mnt/it'\''s'"), "{c}");
         assert!(c.contains("--xattrs-include='*'") && !c.contains("--acls"), "{c}");
         assert!(extract_command(Path::new("/r"), Compression::Zstd).ends_with(" --zstd"));
-        assert_eq!(
-            raw_write_command(Path::new("/dev/sda2"), Compression::Gzip).unwrap(),
-            "gzip -dc > '/dev/sda2'"
-        );
     }
 }

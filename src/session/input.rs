@@ -4,11 +4,11 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use crate::chain::Fallback;
 use crate::error::{IoContext, Result};
+use crate::io::Filter;
 
 /// Where the stream comes from.
 pub enum Input {
@@ -23,7 +23,13 @@ pub enum Input {
     Reader(Box<dyn Read + Send>),
     /// A reader whose length is known, so progress can show an ETA.
     Sized(Box<dyn Read + Send>, u64),
+    /// A reader that can be made again and gives the same bytes each time (a
+    /// sparse raw image), so a node behind the buffer can be served again.
+    Reopen(Reopen),
 }
+
+/// Opens an [`Input::Reopen`] from its start.
+pub type Reopen = Arc<dyn Fn() -> io::Result<Box<dyn Read + Send>> + Send + Sync>;
 
 pub(crate) struct Opened {
     pub reader: Box<dyn Read + Send>,
@@ -35,19 +41,8 @@ pub(crate) struct Opened {
 pub(crate) fn open_input(input: Input) -> Result<Opened> {
     Ok(match input {
         Input::Command(cmd) => {
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(&cmd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .context(|| format!("start input command `{cmd}`"))?;
-            let stdout = child.stdout.take().expect("stdout was piped");
-            Opened {
-                reader: Box::new(CommandOutput { child, stdout, cmd, waited: false }),
-                len: None,
-                reread: None,
-            }
+            let filter = Filter::spawn(&cmd, None).context(|| format!("start input command `{cmd}`"))?;
+            Opened { reader: Box::new(filter), len: None, reread: None }
         }
         Input::File(path) => {
             let f = File::open(&path).context(|| format!("open input {}", path.display()))?;
@@ -63,37 +58,15 @@ pub(crate) fn open_input(input: Input) -> Result<Opened> {
         Input::Stdin => Opened { reader: Box::new(io::stdin()), len: None, reread: None },
         Input::Reader(r) => Opened { reader: r, len: None, reread: None },
         Input::Sized(r, len) => Opened { reader: r, len: Some(len), reread: None },
+        Input::Reopen(open) => {
+            let reader = open().context(|| "open input".to_string())?;
+            let reread: Fallback = Arc::new(move |offset| {
+                let mut r = open().ok()?;
+                // Deterministic, so the bytes before `offset` are the ones sent.
+                let skipped = io::copy(&mut (&mut r).take(offset), &mut io::sink()).ok()?;
+                (skipped == offset).then_some(r)
+            });
+            Opened { reader, len: None, reread: Some(reread) }
+        }
     })
-}
-
-/// A command's stdout whose end is only an end when the command succeeded: a
-/// `tar` that fails half-way must fail the stream, not look like a short image.
-struct CommandOutput {
-    child: Child,
-    stdout: ChildStdout,
-    cmd: String,
-    waited: bool,
-}
-
-impl Read for CommandOutput {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.stdout.read(buf)?;
-        if n == 0 && !self.waited {
-            self.waited = true;
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(io::Error::other(format!("input command `{}` failed ({status})", self.cmd)));
-            }
-        }
-        Ok(n)
-    }
-}
-
-impl Drop for CommandOutput {
-    fn drop(&mut self) {
-        if !self.waited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }

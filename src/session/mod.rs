@@ -19,7 +19,7 @@ pub mod status;
 
 pub use client::{go, hostname, Client, ClientConfig, ClientReport, ServerAddress, DEFAULT_TIMEOUT};
 pub use discovery::{discover, DiscoveryResponder};
-pub use input::Input;
+pub use input::{Input, Reopen};
 pub use order::{read_node_file, tree_parent, Order};
 pub use report::{NodeResult, SessionReport};
 pub use server::{Server, ServerConfig};
