@@ -113,6 +113,37 @@ fn a_failing_node_lands_in_ko_and_the_server_exits_2() {
     assert_eq!(std::fs::read(d.join("c3")).unwrap(), std::fs::read(&input).unwrap());
 }
 
+#[test]
+fn a_sparse_image_travels_without_its_zeros_and_lands_as_holes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 64 MiB with 2 MiB of data at 40 MiB: what a mostly empty partition is.
+    let input = d.join("disk.img");
+    let mut image = vec![0u8; 64 << 20];
+    image[40 << 20..42 << 20].copy_from_slice(&pattern(2 << 20, 3));
+    std::fs::write(&input, &image).unwrap();
+    let (out, report) = (d.join("copy.img"), d.join("report.json"));
+    std::fs::write(&out, b"old contents").unwrap();
+    let port = free_port();
+    let args = ["-n", "1", "--sparse", "-i", input.to_str().unwrap(), "--report", report.to_str().unwrap()];
+    let server = server_cmd("raw", port, &args).spawn().unwrap();
+    let client =
+        client_cmd("raw", port, "node1", &["--sparse", "--to-file", out.to_str().unwrap()]).spawn().unwrap();
+    let (c, s) = (finish(client), finish(server));
+    assert!(c.status.success() && s.status.success(), "{}\n{}", text(&c), text(&s));
+    assert!(std::fs::read(&out).unwrap() == image, "the copy differs from the image");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let wire = json["nodes"][0]["bytes"].as_u64().unwrap();
+    assert!(wire > 2 << 20 && wire < (2 << 20) + 4096, "{wire} bytes on the wire for 2 MiB of data");
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap());
+    assert!(blocks * 512 < 4 << 20, "the copy takes {} bytes of disk, not ~2 MiB", blocks * 512);
+
+    let o = kacast(&["server", "-s", "x", "-n", "1", "--sparse", "-e", "true"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("--sparse needs --input FILE"), "{}", text(&o));
+    let o = kacast(&["client", "-s", "x", "--sparse", "--discard"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("--sparse needs --to-file"), "{}", text(&o));
+}
+
 /// Sends raw bytes to a control port and returns the refusal the server answers.
 fn refusal_for(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

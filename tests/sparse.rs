@@ -12,23 +12,10 @@ use std::path::{Path, PathBuf};
 use common::disks::{sh, LoopDisk, Mounts};
 use common::*;
 use kacast::chain::{ImageSink, Sink};
-use kacast::clone::{raw_input, read_source, RawSource};
-use kacast::disk::compression::Compression;
-use kacast::disk::plan::RawPartition;
+use kacast::clone::{image_input, read_source, RawSource};
 use kacast::session::{Input, Server, SessionReport};
 
 const MIB: u64 = 1 << 20;
-
-fn raw(bytes: u64, compression: Compression) -> RawPartition {
-    RawPartition {
-        disk: "golden".into(),
-        partition: 1,
-        bytes,
-        session: "raw".into(),
-        compression,
-        sparse: true,
-    }
-}
 
 /// Sends `input` to one node per target, each writing a sparse image there.
 fn send(session: &str, input: Input, targets: &[PathBuf], decompress: Option<&str>) -> SessionReport {
@@ -99,8 +86,7 @@ fn an_ext4_partition_costs_its_used_blocks_and_comes_back_whole() {
     let nodes: Vec<LoopDisk> = (0..2).map(|_| LoopDisk::new(SIZE)).collect();
     let image_file = work.path().join("node-image");
     for (level, decompress) in [(None, None), (Some(3), Some("zstd -dc"))] {
-        let compression = if level.is_some() { Compression::Zstd } else { Compression::None };
-        let input = raw_input(golden.dev.clone(), &raw(SIZE, compression), level);
+        let input = image_input(golden.dev.clone(), true, level);
         for n in &nodes {
             fill_with_garbage(&n.dev, SIZE);
         }
@@ -160,8 +146,7 @@ fn a_partition_without_a_filesystem_comes_back_byte_for_byte() {
     for (level, decompress) in [(None, None), (Some(1), Some("zstd -dc"))] {
         fill_with_garbage(&node.dev, SIZE);
         fill_with_garbage(&bigger.dev, SIZE + 4 * MIB);
-        let compression = if level.is_some() { Compression::Zstd } else { Compression::None };
-        let input = raw_input(source.clone(), &raw(SIZE, compression), level);
+        let input = image_input(source.clone(), true, level);
         let report = send(
             &format!("patch-{}", level.unwrap_or(0)),
             input,
@@ -185,7 +170,7 @@ fn an_image_larger_than_the_partition_fails_the_node_and_says_so() {
     let source = work.path().join("source.img");
     fs::write(&source, patchwork(16 * MIB)).unwrap();
     let small = LoopDisk::new(8 * MIB);
-    let input = raw_input(source, &raw(16 * MIB, Compression::None), None);
+    let input = image_input(source, true, None);
     let report = send("too-big", input, std::slice::from_ref(&small.dev), None);
     assert_ne!(report.exit_code(), 0);
     let error = report.nodes[0].error.clone().unwrap_or_default();

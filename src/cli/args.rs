@@ -273,6 +273,10 @@ pub struct ServerArgs {
     /// Stream this file or block device ('-' for stdin)
     #[arg(short, long, value_name = "FILE")]
     pub input: Option<String>,
+    /// Send -i FILE as a sparse image: runs of zeros are not sent, ext2/3/4
+    /// are read through e2image (used blocks only); nodes need --sparse too
+    #[arg(long)]
+    pub sparse: bool,
     /// Stream bytes held in memory per process (e.g. 32M)
     #[arg(long, default_value = "32M")]
     pub buffer: String,
@@ -337,6 +341,10 @@ pub struct ClientArgs {
     /// Write the raw stream to this file or block device
     #[arg(long, value_name = "PATH")]
     pub to_file: Option<PathBuf>,
+    /// The stream is a sparse image (server's --sparse): --to-file makes the
+    /// zeros it leaves out (holes in a file, BLKZEROOUT on a device)
+    #[arg(long)]
+    pub sparse: bool,
     /// Only receive, verify and relay
     #[arg(long)]
     pub discard: bool,

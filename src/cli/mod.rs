@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kacast::auth::Key;
-use kacast::chain::Sink;
+use kacast::chain::{ImageSink, Sink};
 use kacast::demo::{self, DemoConfig};
 use kacast::disk::Desc;
 use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
@@ -157,9 +157,15 @@ fn buffer(s: &str) -> Result<usize> {
 
 fn server(a: ServerArgs) -> Result<i32> {
     let input = match (a.exec, a.input.as_deref()) {
+        (Some(_), None) if a.sparse => {
+            bail!("--sparse needs --input FILE: a sparse image is read from a file or device")
+        }
         (Some(cmd), None) => Input::Command(cmd),
+        (None, Some("-")) if a.sparse => {
+            bail!("--sparse needs --input FILE: a sparse image is read from a file or device")
+        }
         (None, Some("-")) => Input::Stdin,
-        (None, Some(path)) => Input::File(path.into()),
+        (None, Some(path)) => kacast::clone::image_input(path.into(), a.sparse, None),
         (None, None) => bail!("nothing to stream: give -e CMD or -i FILE (or -i - for stdin)"),
         (Some(_), Some(_)) => unreachable!("clap refuses -e with -i"),
     };
@@ -233,12 +239,15 @@ fn key(file: Option<&std::path::Path>, from_cmdline: bool) -> Result<Option<Key>
 }
 
 fn client(a: ClientArgs) -> Result<i32> {
+    if a.sparse && a.to_file.is_none() {
+        bail!("--sparse needs --to-file PATH: a sparse image is written to a file or device");
+    }
     let sink = if let Some(cmd) = a.exec {
         Sink::Command(cmd)
     } else if let Some(dir) = a.to_dir {
         Sink::Dir(dir)
     } else if let Some(path) = a.to_file {
-        Sink::File(path)
+        Sink::Image(ImageSink { path, sparse: a.sparse, decompress: None })
     } else {
         Sink::Discard
     };

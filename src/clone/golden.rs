@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::raw::raw_input;
+use super::raw::image_input;
 use crate::disk::golden::{read_golden, Golden, GoldenSpec, Sessions, TreeSource};
 use crate::disk::recorded::RecordedImage;
 use crate::error::{Error, Result};
@@ -128,7 +128,7 @@ pub fn run_golden(
         Source::Recorded(_) => None,
     };
     for (r, dev) in plan.raw.iter().zip(raw_devices) {
-        steps.push((r.session.clone(), raw_input(dev, r, level)));
+        steps.push((r.session.clone(), image_input(dev, r.sparse, level)));
     }
     for (p, file) in plan.postinstalls.iter().zip(postinstall_files) {
         steps.push((p.session.clone(), Input::File(file)));

@@ -9,7 +9,7 @@
 //! | `getstage2`      | the stage2 tools (optional) | unpacks them (the kacast initrd's init)   |
 //! | `{base}1`        | the [plan](crate::disk::Plan) | checks it on its disks, partitions, formats, mounts |
 //! | `{base}2`        | tar of the filesystems   | extracts it into the mounted root            |
-//! | `{base}3`…       | one raw partition each (sparse, see [`raw_input`]) | writes it to its partition |
+//! | `{base}3`…       | one raw partition each (sparse, see [`image_input`]) | writes it to its partition |
 //! | `{base}-end`     | nothing                  | reports the end of its install               |
 //!
 //! A node that cannot go on (it refused the plan, its disk failed to format)
@@ -31,4 +31,4 @@ mod raw;
 pub use capture::{capture, CaptureConfig, Captured};
 pub use golden::{run_golden, CloneConfig, CloneReport, NodeStatus, Source, Stage2};
 pub use node::{install, InstallConfig, InstallOutcome};
-pub use raw::{raw_input, read_source, RawSource};
+pub use raw::{image_input, read_source, RawSource};

@@ -18,7 +18,6 @@ use tracing::{info, warn};
 
 use crate::boot::stage2::find_tool;
 use crate::disk::blockdev;
-use crate::disk::plan::RawPartition;
 use crate::disk::tar::sh_quote;
 use crate::io::sparse::SparseEncoder;
 use crate::io::Filter;
@@ -33,27 +32,24 @@ pub enum RawSource {
     Whole,
 }
 
-/// The session input for raw partition `raw`, read from `device`. `level`:
-/// compress on the fly with zstd (a recorded image's files are already
-/// compressed, and are sent as they are).
-pub fn raw_input(device: PathBuf, raw: &RawPartition, level: Option<u32>) -> Input {
-    if !raw.sparse && level.is_none() {
+/// The session input for the raw image of `device` (a partition, or an image
+/// file): sparse or byte for byte, compressed on the fly with zstd at `level`
+/// (a recorded image's files are already compressed, and are sent as they are).
+pub fn image_input(device: PathBuf, sparse: bool, level: Option<u32>) -> Input {
+    if !sparse && level.is_none() {
         return Input::File(device);
     }
-    let source = if raw.sparse { read_source(&device) } else { RawSource::Whole };
+    let source = if sparse { read_source(&device) } else { RawSource::Whole };
     info!(
-        "raw image of {} partition {} ({}): {}{}",
-        raw.disk,
-        raw.partition,
+        "raw image of {}: {}{}",
         device.display(),
-        match (&source, raw.sparse) {
+        match (&source, sparse) {
             (RawSource::UsedBlocks, _) => "used blocks (e2image), sparse",
             (RawSource::Whole, true) => "every block read, sparse",
             (RawSource::Whole, false) => "every byte",
         },
         level.map(|l| format!(", zstd level {l}")).unwrap_or_default()
     );
-    let sparse = raw.sparse;
     Input::Reopen(Arc::new(move || open(&device, &source, sparse, level)))
 }
 
