@@ -78,6 +78,8 @@ const TCP_EFFICIENCY: f64 = 1448.0 / 1514.0;
 const STAR_SERVE: &str = "__star-serve";
 const STAR_PULL: &str = "__star-pull";
 const COPY_RELAY: &str = "__copy-relay";
+/// Extra `kacast server` options for the chain runs, from the environment.
+const CHAIN_ARGS_ENV: &str = "KACAST_RACK_CHAIN_ARGS";
 /// How long a star puller keeps trying to connect while its server starts.
 const CONNECT_FOR: Duration = Duration::from_secs(20);
 
@@ -233,6 +235,10 @@ fn run() -> Result<()> {
         "cargo bench --bench rack".to_string()
     } else {
         format!("cargo bench --bench rack -- {}", opts.given.join(" "))
+    };
+    let command = match std::env::var(CHAIN_ARGS_ENV) {
+        Ok(extra) => format!("{CHAIN_ARGS_ENV}='{extra}' {command}"),
+        Err(_) => command,
     };
     let mut doc = std::fs::read_to_string(DOC).unwrap_or_default();
     if opts.relay {
@@ -556,6 +562,11 @@ fn one_run(
                 s("--report"),
                 report.display().to_string(),
             ];
+            // Experiments (`--chunk 64K`): extra server options, named in the doc's command.
+            let mut server_args = server_args;
+            if let Ok(extra) = std::env::var(CHAIN_ARGS_ENV) {
+                server_args.extend(extra.split_whitespace().map(String::from));
+            }
             rack.spawn_in("server", Path::new(KACAST), &server_args, dir, Some(&server_ns))?;
             for (k, ns) in node_ns.iter().enumerate() {
                 let args = vec![

@@ -178,6 +178,10 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.start_after = a.start_after.map(|s| seconds(s, "--start-after")).transpose()?;
     serve(&a.serve, &mut c)?;
     c.buffer = buffer(&a.buffer)?;
+    c.chunk_size = usize::try_from(parse_size(&a.chunk)?).context("--chunk is too large")?;
+    if c.chunk_size < 1024 {
+        bail!("--chunk {}: chunks under 1K cost more in frames than they save", a.chunk);
+    }
     c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
     c.slow_after = Some(seconds(a.slow_after, "--slow-after")?).filter(|d| !d.is_zero());
     let server = Server::bind(c)?;

@@ -105,7 +105,11 @@ impl ServerConfig {
             return Err(Error::Config("-n and --min need at least 1 node".into()));
         }
         if self.chunk_size == 0 || self.chunk_size > crate::protocol::MAX_DATA_PAYLOAD as usize {
-            return Err(Error::Config(format!("chunk size {} is out of range", self.chunk_size)));
+            return Err(Error::Config(format!(
+                "--chunk {} is out of range (at most {} bytes)",
+                self.chunk_size,
+                crate::protocol::MAX_DATA_PAYLOAD
+            )));
         }
         if self.timeout.is_zero() {
             return Err(Error::Config("--timeout must be more than 0".into()));
