@@ -35,6 +35,8 @@
 //! splice alone, MSG_ZEROCOPY sends), with the relaying thread's CPU per GiB.
 
 mod common;
+#[path = "rack/compress.rs"]
+mod compress;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -53,7 +55,7 @@ use kacast::size::{human, parse_size};
 const USAGE: &str = "\
 usage: cargo bench --bench rack [-- OPTIONS]
   --quick            256 MiB, N = 2,4,8 (unless --size / --nodes say otherwise)
-  --scenario LIST    rack, relay or all (default all)
+  --scenario LIST    rack, relay, compress or all (default all)
   --size SIZE        rack: bytes every node receives (default 1G)
   --nodes LIST       rack: rack sizes, comma-separated (default 2,4,8,16)
   --profiles LIST    rack: link rates, from 100mbit,1gbit (default both)
@@ -91,11 +93,26 @@ enum Tool {
     /// A chain of plain read/write relays (this bench re-executed): no framing,
     /// no hashing, no replay buffer; the floor a TCP chain can reach here.
     CopyChain,
+    /// The chain with the golden node compressing on the fly, as `kacast
+    /// clone --compress zstd:LEVEL` does, and every node decompressing.
+    ChainZstd1,
+    ChainZstd3,
 }
 
 impl Tool {
+    /// The zstd level of a compressing chain.
+    fn zstd(self) -> Option<u32> {
+        match self {
+            Tool::ChainZstd1 => Some(1),
+            Tool::ChainZstd3 => Some(3),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
+            Tool::ChainZstd1 => "chain zstd:1",
+            Tool::ChainZstd3 => "chain zstd:3",
             Tool::Chain => "chain",
             Tool::Star => "star",
             Tool::Udpcast => "udpcast",
@@ -124,6 +141,7 @@ const PROFILES: [Profile; 2] =
 struct Opts {
     rack: bool,
     relay: bool,
+    compress: bool,
     size: u64,
     nodes: Vec<usize>,
     profiles: Vec<Profile>,
@@ -141,6 +159,7 @@ fn parse_args() -> Result<Opts> {
     let mut o = Opts {
         rack: true,
         relay: true,
+        compress: true,
         size: if quick { 256 << 20 } else { 1 << 30 },
         nodes: if quick { vec![2, 4, 8] } else { vec![2, 4, 8, 16] },
         profiles: PROFILES.to_vec(),
@@ -158,12 +177,13 @@ fn parse_args() -> Result<Opts> {
         match a.as_str() {
             "--quick" => {}
             "--scenario" => {
-                (o.rack, o.relay) = (false, false);
+                (o.rack, o.relay, o.compress) = (false, false, false);
                 for v in list(value()?) {
                     match v.as_str() {
                         "rack" => o.rack = true,
                         "relay" => o.relay = true,
-                        "all" => (o.rack, o.relay) = (true, true),
+                        "compress" => o.compress = true,
+                        "all" => (o.rack, o.relay, o.compress) = (true, true, true),
                         other => bail!("unknown scenario '{other}'\n{USAGE}"),
                     }
                 }
@@ -254,6 +274,14 @@ fn run() -> Result<()> {
         println!("\n{section}");
         // Re-read: the relay section may just have been written.
         doc = put_section(&std::fs::read_to_string(DOC).unwrap_or(doc), RACK_HEADING, &section);
+        if opts.doc {
+            std::fs::write(DOC, &doc).with_context(|| format!("write {DOC}"))?;
+        }
+    }
+    if opts.compress {
+        let section = compress::scenario(&opts, &command)?;
+        println!("\n{section}");
+        doc = put_section(&std::fs::read_to_string(DOC).unwrap_or(doc), compress::HEADING, &section);
         if opts.doc {
             std::fs::write(DOC, &doc).with_context(|| format!("write {DOC}"))?;
         }
@@ -443,6 +471,8 @@ struct Run {
     wall_s: f64,
     /// kacast only: session start to the last node's report (server's report).
     stream_s: Option<f64>,
+    /// kacast only: the bytes each node received (compressed, when it was).
+    wire: Option<u64>,
     nodes: Cpu,
     server: Cpu,
     /// Machine CPU busy over the run, in cores (all processes and softirq).
@@ -544,7 +574,15 @@ fn one_run(
     let node_ns: Vec<File> = net.nodes[..n].iter().map(|h| net.ns(h)).collect::<Result<_>>()?;
     let server_args: Vec<String>;
     match tool {
-        Tool::Chain => {
+        Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3 => {
+            let input = match tool.zstd() {
+                None => [s("-i"), file.display().to_string()],
+                Some(level) => [s("-e"), format!("zstd -T0 -{level} -q -c < '{}'", file.display())],
+            };
+            let sink = match tool.zstd() {
+                None => vec![s("--discard")],
+                Some(_) => vec![s("-e"), s("zstd -dc > /dev/null")],
+            };
             server_args = vec![
                 s("-q"),
                 s("server"),
@@ -552,8 +590,8 @@ fn one_run(
                 s("rack"),
                 s("-n"),
                 n.to_string(),
-                s("-i"),
-                file.display().to_string(),
+                input[0].clone(),
+                input[1].clone(),
                 s("--bind"),
                 server_ip.clone(),
                 s("--port"),
@@ -584,8 +622,8 @@ fn one_run(
                     s("200"),
                     s("--retry-interval"),
                     s("0.05"),
-                    s("--discard"),
                 ];
+                let args = [args, sink.clone()].concat();
                 rack.spawn_in(&format!("node{:02}", k + 1), Path::new(KACAST), &args, dir, Some(ns))?;
             }
         }
@@ -658,12 +696,20 @@ fn one_run(
     let end = rack.procs.iter().filter_map(|p| p.exit).map(|e| e.at).max().expect("processes ran");
     let wall_s = (end - started).as_secs_f64();
     let mut stream_s = None;
-    if tool == Tool::Chain {
+    let mut wire = None;
+    if matches!(tool, Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3) {
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+        wire = r["bytes"].as_u64();
+        // A compressed stream is checked by each node's hash and by zstd's
+        // own checksum (the node's `zstd -d` exits non-zero on a bad frame).
+        let (size, hash) = match tool.zstd() {
+            None => (Some(size), Some(hash)),
+            Some(_) => (wire, r["hash"].as_str()),
+        };
         let ok = r["nodes"].as_array().is_some_and(|a| {
-            a.len() == n && a.iter().all(|x| x["hash_ok"] == true && x["bytes"].as_u64() == Some(size))
+            a.len() == n && a.iter().all(|x| x["hash_ok"] == true && x["bytes"].as_u64() == size)
         });
-        if r["bytes"].as_u64() != Some(size) || r["hash"].as_str() != Some(hash) || !ok {
+        if r["bytes"].as_u64() != size || r["hash"].as_str() != hash || !ok {
             bail!("the server's report does not match the source: {r}");
         }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
@@ -677,6 +723,7 @@ fn one_run(
         n,
         wall_s,
         stream_s,
+        wire,
         nodes,
         server: cpu(0),
         busy: (stat1.busy - stat0.busy) / span,
