@@ -23,7 +23,7 @@ pub use receive::{receive, UpstreamError};
 pub use relay::{ChildLink, Fallback, Relay, RelayConfig};
 pub use ring::{Finish, Next, Ring, RingReader};
 pub use sink::{Sink, SinkGuard, SinkOutcome};
-pub use source::pump;
+pub use source::{pump, seal};
 pub use stream::{SinkMeter, StreamReader};
 
 /// Size of the chunks the server cuts the stream into, i.e. of every data frame.

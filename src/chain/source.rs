@@ -8,7 +8,9 @@ use super::ring::{Finish, Ring};
 use crate::protocol::End;
 
 /// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting bytes
-/// into `sent`. Returns the end frame (also stored in the ring), or why it stopped.
+/// into `sent`. Returns the end frame or why it stopped, and leaves the ring
+/// open: the caller records the verdict first and then [`seal`]s the ring,
+/// so that no node can report before the verdict is known.
 pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU64) -> Result<End, String> {
     let mut hasher = blake3::Hasher::new();
     let mut length = 0u64;
@@ -17,9 +19,7 @@ pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU
         match fill(&mut input, &mut buf, chunk_size) {
             Ok(()) => {}
             Err(e) => {
-                let why = format!("reading the input failed after {length} bytes: {e}");
-                ring.finish(Finish::Failed(why.clone()));
-                return Err(why);
+                return Err(format!("reading the input failed after {length} bytes: {e}"));
             }
         }
         if buf.is_empty() {
@@ -29,18 +29,22 @@ pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU
         length += buf.len() as u64;
         let full = buf.len() == chunk_size;
         if ring.push(buf).is_err() {
-            let why = "every node has left the chain".to_string();
-            ring.finish(Finish::Failed(why.clone()));
-            return Err(why);
+            return Err("every node has left the chain".to_string());
         }
         sent.store(length, Ordering::Relaxed);
         if !full {
             break;
         }
     }
-    let end = End { length, hash: *hasher.finalize().as_bytes() };
-    ring.finish(Finish::Complete(end));
-    Ok(end)
+    Ok(End { length, hash: *hasher.finalize().as_bytes() })
+}
+
+/// Ends the ring with the verdict of [`pump`].
+pub fn seal(ring: &Ring, verdict: &Result<End, String>) {
+    ring.finish(match verdict {
+        Ok(end) => Finish::Complete(*end),
+        Err(why) => Finish::Failed(why.clone()),
+    });
 }
 
 /// Fills `buf` up to `size` bytes, stopping early only at end of input. Pipes hand

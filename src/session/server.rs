@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
 use super::status::StatusBoard;
 use crate::auth::Key;
-use crate::chain::{pump, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
+use crate::chain::{pump, seal, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
 use crate::error::{Error, IoContext, Result};
 use crate::net::wait_any;
 use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
@@ -333,10 +333,14 @@ impl Server {
                 Some(rate) => Box::new(crate::io::Throttle::new(input.reader, rate)),
                 None => input.reader,
             };
+            let (verdict_tx, verdict_rx) = mpsc::channel();
             thread::spawn(move || {
-                let r = pump(reader, &ring, chunk, &stats.sent);
-                (r, Instant::now())
-            })
+                let verdict = pump(reader, &ring, chunk, &stats.sent);
+                // Sent before the ring ends: every report comes after it.
+                let _ = verdict_tx.send((verdict.clone(), Instant::now()));
+                seal(&ring, &verdict);
+            });
+            verdict_rx
         };
         let mut st = self.lobby.lock();
         while !st.all_reported() {
@@ -357,10 +361,10 @@ impl Server {
             relay.stop();
         }
         // A source still running (every node failed early) is left to end on its own.
-        let (source_result, source_done) = if source.is_finished() {
-            source.join().unwrap_or_else(|_| (Err("source thread panicked".into()), Instant::now()))
-        } else {
-            (Err("the stream was not read to its end".into()), last_report)
+        let (source_result, source_done) = match source.try_recv() {
+            Ok(verdict) => verdict,
+            Err(mpsc::TryRecvError::Empty) => (Err("the stream was not read to its end".into()), last_report),
+            Err(mpsc::TryRecvError::Disconnected) => (Err("the source thread panicked".into()), last_report),
         };
         if let Err(e) = &source_result {
             warn!("{e}");
