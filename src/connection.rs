@@ -23,7 +23,7 @@ use crate::protocol::{Frame, Header, Kind, HEADER_LEN, TAG_LEN};
 /// frames, not control frames. 64 KiB and not the whole rest of a chunk: a
 /// low-water mark larger than half the receive buffer makes the kernel grow
 /// the buffer and clamp the window to the mark, and 64 KiB already cuts a
-/// node's CPU by 10-17 % on a shaped 100 Mbit/s link (about 3 % at 1 Gbit/s,
+/// relaying node's CPU by 10-20 % on a shaped 100 Mbit/s link (about 3 % at 1 Gbit/s,
 /// where bursts are larger); docs/PERFORMANCE.md, "Wire speed".
 const LOWAT_FROM: usize = 64 * 1024;
 
