@@ -118,7 +118,7 @@ pub(crate) fn wrapper_script() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{BufRead, Read};
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -233,7 +233,12 @@ mod tests {
     /// An agent that ignores SIGTERM is killed after the grace period.
     #[test]
     fn stubborn_agent_is_killed() {
-        let mut child = run_wrapped(&["sh", "-c", "trap '' TERM; exec sleep 1000"]);
+        let mut child = run_wrapped(&["sh", "-c", "trap '' TERM; echo deaf; exec sleep 1000"]);
+        // The master goes only once the agent ignores SIGTERM: before that,
+        // SIGTERM alone would stop it.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "deaf\n");
         drop(child.stdin.take());
         let status = wait_deadline(&mut child, Duration::from_secs(20)).expect("wrapper ended after SIGKILL");
         assert_eq!(status.code(), Some(128 + libc::SIGKILL));
