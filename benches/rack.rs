@@ -712,6 +712,21 @@ fn one_run(
         if r["bytes"].as_u64() != size || r["hash"].as_str() != hash || !ok {
             bail!("the server's report does not match the source: {r}");
         }
+        // How the end travels down the chain: the per-hop delay is the chunk's
+        // store-and-forward time plus what scheduling adds at each hop.
+        let done: Vec<f64> =
+            r["nodes"].as_array().into_iter().flatten().filter_map(|x| x["duration_s"].as_f64()).collect();
+        if let (Some(first), Some(last)) =
+            (done.iter().copied().reduce(f64::min), done.iter().copied().reduce(f64::max))
+        {
+            if n > 1 {
+                eprintln!(
+                    "bench rack: {} N={n}: first node done {first:.3} s after the start, last {last:.3} s ({:.1} ms per hop)",
+                    tool.name(),
+                    (last - first) * 1000.0 / (n - 1) as f64
+                );
+            }
+        }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         stream_s = Some(f("transfer_s") + f("pipeline_emptied_s"));
     }
