@@ -59,7 +59,7 @@ usage: cargo bench --bench rack [-- OPTIONS]
   --size SIZE        rack: bytes every node receives (default 1G)
   --nodes LIST       rack: rack sizes, comma-separated (default 2,4,8,16)
   --profiles LIST    rack: link rates, from 100mbit,1gbit (default both)
-  --tools LIST       rack: from chain,star,udpcast (default all three)
+  --tools LIST       rack: from chain,copy,star,udpcast (default all four)
   --delay MS         rack: one-way latency added on every host's link with netem
                      (default 0; needs sch_netem, which this machine's kernel lacks)
   --relay-size SIZE  relay: bytes relayed per variant (default 1G, quick 512M)
