@@ -124,6 +124,27 @@ fn hash_file(path: &PathBuf) -> io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
+/// How this process's temporary directories begin: named for the process, so
+/// that [`remove_temp_dirs`] finds its own and no one else's.
+fn temp_prefix() -> String {
+    format!("kacast-demo-{}-", std::process::id())
+}
+
+/// Removes the temporary directories this process's demos made, and returns
+/// them: for a signal, which leaves the demo no time to drop them.
+pub fn remove_temp_dirs() -> Vec<PathBuf> {
+    let prefix = temp_prefix();
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        // A node may create its file during the first pass: a second one
+        // takes it.
+        .filter(|p| std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_dir_all(p)).is_ok())
+        .collect()
+}
+
 /// A directory removed on drop (std has none; tempfile is a test dependency).
 struct TempDir(PathBuf);
 
@@ -131,7 +152,7 @@ impl TempDir {
     fn new() -> Result<TempDir> {
         let base = std::env::temp_dir();
         for i in 0..1000u32 {
-            let p = base.join(format!("kacast-demo-{}-{i}", std::process::id()));
+            let p = base.join(format!("{}{i}", temp_prefix()));
             match std::fs::create_dir(&p) {
                 Ok(()) => return Ok(TempDir(p)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

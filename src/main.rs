@@ -1,5 +1,5 @@
 mod cli;
 
 fn main() {
-    std::process::exit(cli::main());
+    cli::exit(cli::main());
 }

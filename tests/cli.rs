@@ -371,3 +371,34 @@ fn desc_of_a_disk_reads_back_the_ka_example() {
     let want: Vec<&str> = KA_DESC.lines().filter(|l| !l.starts_with('#')).collect();
     assert_eq!(got, want);
 }
+
+/// SIGTERM in the middle of `kacast demo`: the nodes' copies, written to a
+/// temporary directory, go with it (they used to stay, GBs of them), and the
+/// exit code is the shell's for a process killed by SIGTERM.
+#[test]
+fn an_interrupted_demo_removes_its_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let written = |dir: &std::path::Path| -> u64 {
+        let files =
+            std::fs::read_dir(dir).into_iter().flatten().flatten().flat_map(|d| std::fs::read_dir(d.path()));
+        files.flatten().flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+    };
+    // Far more than it can write before the signal: the stream is under way.
+    let mut child =
+        kacast(&["demo", "--nodes", "2", "--size", "64G"]).env("TMPDIR", tmp.path()).spawn().unwrap();
+    let writing = wait_until(Duration::from_secs(60), || written(tmp.path()) > 0);
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    if !wait_until(Duration::from_secs(60), || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        panic!("the demo goes on after SIGTERM:\n{}", text(&finish(child)));
+    }
+    let out = finish(child);
+    assert!(writing, "the demo never wrote a copy:\n{}", text(&out));
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out));
+    assert!(text(&out).contains("interrupted by SIGTERM, cleaning up"), "{}", text(&out));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}\n{}", text(&out));
+    // Its log went to a pipe, not a terminal: plain text, no colour codes.
+    assert!(!text(&out).contains('\x1b'), "{}", text(&out));
+}

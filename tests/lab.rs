@@ -144,3 +144,58 @@ fn a_uefi_vm_clones_a_gpt_disk_with_its_esp_and_boots_it() {
     let boots = lab.wait_boots(Instant::now() + BOOT);
     check_boots(&boots, &["node01", "node02"], &lab);
 }
+
+/// Ctrl-C in the middle of `kacast lab`: the VMs, dnsmasq, the golden
+/// server, the namespace, the golden disk's mount and its loop device all go
+/// (a lab killed this way used to leave every one of them); the work
+/// directory stays for its logs.
+#[test]
+fn an_interrupted_lab_leaves_nothing_running_mounted_or_attached() {
+    use std::io::{BufRead, BufReader};
+    let Some((config, work)) = config(1, Firmware::Bios) else { return };
+    let _one = ONE_RACK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = work.path().to_str().unwrap().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kacast"))
+        .args(["lab", "--nodes", "1", "--work", &dir, "--cache"])
+        .arg(&config.cache)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lab says when its VMs have started: everything it makes is there.
+    let mut said = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        said.push(line.clone());
+        if line.contains("nodes' status") {
+            break;
+        }
+    }
+    let namespace = format!("kacast-lab-{}", child.id());
+    let running = common::disks::sh("ip", &["netns", "pids", &namespace]).unwrap_or_default();
+    let running: Vec<i32> = running.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert!(running.len() >= 2, "no VM or dnsmasq in {namespace}: {said:#?}");
+    let ours = |text: &str| text.lines().filter(|l| l.contains(&dir)).map(str::to_string).collect::<Vec<_>>();
+    let mounts = || ours(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
+    let loops = || ours(&common::disks::sh("losetup", &["-a"]).unwrap());
+    assert!(!mounts().is_empty() && !loops().is_empty(), "the golden disk is not mounted: {said:#?}");
+
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    said.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{said:#?}");
+    assert!(said.iter().any(|l| l.contains("interrupted by SIGINT")), "{said:#?}");
+    let namespaces = common::disks::sh("ip", &["netns", "list"]).unwrap();
+    assert!(!namespaces.contains(&namespace), "{namespace} is left: {said:#?}");
+    for pid in running {
+        // Gone, or dead and waiting for init to reap it.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit(") ").next().and_then(|r| r.chars().next());
+        assert!(matches!(state, None | Some('Z' | 'X')), "process {pid} still runs: {said:#?}");
+    }
+    assert_eq!(mounts(), Vec::<String>::new(), "{said:#?}");
+    assert_eq!(loops(), Vec::<String>::new(), "{said:#?}");
+    assert!(work.path().join("clone.log").exists(), "the work directory lost its logs");
+}

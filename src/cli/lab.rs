@@ -37,12 +37,19 @@ pub fn run(a: LabArgs) -> Result<i32> {
     config.filler_mib = a.filler;
     config.memory_mib = a.memory;
     eprintln!("kacast lab: {} VMs, work directory {}", a.nodes, work.display());
+    let kept = work.clone();
+    super::interrupt::on_interrupt("kacast lab", move || {
+        format!("{}; the work directory stays: {}", lab::sweep(&kept), kept.display())
+    })?;
     let mut lab = Lab::prepare(config)?;
     lab.start()?;
     eprintln!("kacast lab: nodes' status: kacast status {}", lab.logs.display());
-    let outcome = lab.wait_clone(Instant::now() + lab::INSTALL_DEADLINE)?;
+    let outcome = lab.wait_clone(Instant::now() + lab::INSTALL_DEADLINE);
+    super::interrupt::settle();
+    let outcome = outcome?;
     println!("{}", outcome.table.trim_end());
     let boots = lab.wait_boots(Instant::now() + lab::BOOT_DEADLINE);
+    super::interrupt::settle();
     println!("\nnode     mac                pxe    booted its clone");
     for b in &boots {
         let pxe = if lab.pxe_is_local(&b.mac) { "local" } else { "kamethod" };

@@ -4,6 +4,7 @@
 mod args;
 mod boot;
 mod clone;
+mod interrupt;
 mod lab;
 mod progress;
 mod pxe;
@@ -21,6 +22,12 @@ use kacast::size::human;
 use kacast::size::parse_size;
 
 use args::{Cli, ClientArgs, Cmd, DemoArgs, DescArgs, Locate, ServeArgs, ServerArgs, StatusArgs};
+
+/// Ends the process with the command's exit code; a signal being handled
+/// ends it instead, once its cleanup is done.
+pub fn exit(code: i32) -> ! {
+    interrupt::exit(code)
+}
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
@@ -61,6 +68,8 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
+            // An error that a signal's cleanup caused is not news.
+            interrupt::settle();
             eprintln!("kacast: {e:#}");
             1
         }
@@ -122,9 +131,14 @@ fn init_logging_at(level: &str) {
     // (only while `kacast install` has a status connection).
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    // Colours only for a person at a terminal: a log file or Kadeploy's
+    // capture of our stderr gets plain text to read and grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi),
+        )
         .with(kacast::session::StatusLayer)
         .try_init()
         .ok();
@@ -316,10 +330,23 @@ fn run_demo(a: DemoArgs) -> Result<i32> {
         a.nodes,
         kacast::size::human(size)
     );
+    let keep = a.keep.clone();
+    interrupt::on_interrupt("kacast demo", move || match keep {
+        Some(d) => format!("the copies so far stay in {} (--keep)", d.display()),
+        None => match demo::remove_temp_dirs().as_slice() {
+            [] => "nothing was left".to_string(),
+            dirs => format!(
+                "removed {}",
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    })?;
     let outcome = demo::run(
         DemoConfig { nodes: a.nodes, size, arity: a.arity, buffer: buffer(&a.buffer)?, dir: a.keep },
         progress::watch,
-    )?;
+    );
+    interrupt::settle();
+    let outcome = outcome?;
     println!("{}", outcome.report.render());
     let bad: Vec<&str> = outcome.verified.iter().filter(|(_, ok)| !ok).map(|(n, _)| n.as_str()).collect();
     if bad.is_empty() {

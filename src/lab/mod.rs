@@ -18,11 +18,13 @@
 //!
 //! Everything lives in a network namespace, a work directory and loop devices
 //! the lab creates; dropping the [`Lab`] removes them (the work directory is
-//! kept for its logs).
+//! kept for its logs), and so does [`sweep`] when a signal leaves no time to
+//! drop it.
 
 mod error;
 mod golden;
 mod net;
+mod sweep;
 mod vm;
 
 use std::fs;
@@ -36,6 +38,7 @@ use tracing::info;
 pub use error::LabError;
 pub use golden::{GoldenDisk, GoldenSpec, BOOTED};
 pub use net::{mac_of, Network};
+pub use sweep::{sweep, Swept};
 pub use vm::{Accel, Firmware, Vm, VmSpec};
 
 use crate::boot::initrd::{self, InitrdSpec, KernelTree};

@@ -28,7 +28,7 @@ impl Network {
     /// The namespace, its bridge (STP off, no forward delay: a VM's first
     /// DHCP request must not be dropped while the port learns) and `n` taps.
     pub fn create(n: usize) -> Result<Network, LabError> {
-        let namespace = format!("kacast-lab-{}", std::process::id());
+        let namespace = namespace_of_this_process();
         // A leftover of an earlier run that had our pid is ours to remove.
         let _ = Command::new("ip").args(["netns", "delete", &namespace]).stderr(Stdio::null()).status();
         run("create the lab's network namespace", "ip", &["netns", "add", &namespace])?;
@@ -100,21 +100,37 @@ pub fn mac_of(i: usize) -> String {
     format!("52:54:00:66:{:02x}:{:02x}", (10 + i) / 256, (10 + i) % 256)
 }
 
+/// The lab's namespace is named for the process that runs it, so a sweep
+/// after a signal knows which one is its own without being told.
+pub(crate) fn namespace_of_this_process() -> String {
+    format!("kacast-lab-{}", std::process::id())
+}
+
+/// Kills whatever still runs in the namespace (a VM, dnsmasq, the golden
+/// server) and deletes it; whether it was there.
+pub(crate) fn remove_namespace(namespace: &str) -> bool {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", namespace]).stderr(Stdio::null()).output() else {
+        return false;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    Command::new("ip")
+        .args(["netns", "delete", namespace])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         if let Some(mut d) = self.dnsmasq.take() {
             let _ = d.kill();
             let _ = d.wait();
         }
-        // Whatever still runs in the namespace (a VM, the golden server).
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.namespace]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
-                    // SAFETY: kill has no memory-safety preconditions.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "delete", &self.namespace]).status();
+        remove_namespace(&self.namespace);
     }
 }
