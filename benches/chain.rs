@@ -976,23 +976,33 @@ fn render_slow_doc(
 }
 
 /// The document from the parts that ran; a part that did not run keeps its text
-/// from the current document, and so do the sections `benches/rack.rs` writes.
+/// from the current document, and so does every section another bench (or a
+/// person) writes, in its place.
 fn compose_doc(old: &str, chain: Option<String>, slow: Option<String>) -> String {
-    let (rest, section) = take_section(old, SLOW_HEADING);
-    let (rest, findings) = take_section(&rest, FINDINGS_HEADING);
-    let (rest, rack) = take_section(&rest, RACK_HEADING);
-    let (rest, relay) = take_section(&rest, RELAY_HEADING);
+    let (rest, old_slow) = take_section(old, SLOW_HEADING);
     let mut doc = match chain {
-        Some(c) => c,
+        // The chain's text is the file's head and its own sections: the
+        // others follow it as they stood.
+        Some(c) => {
+            let ours: Vec<&str> = c.lines().filter(|l| l.starts_with("## ")).collect();
+            let others = ours.iter().fold(rest, |d, h| take_section(&d, h).0);
+            let others = others.find("\n## ").map_or("", |at| &others[at + 1..]).to_string();
+            format!("{}\n\n{others}", c.trim_end())
+        }
         None if rest.trim().is_empty() => {
             "# Performance\n\nMeasured by `benches/chain.rs`, which rewrites this file.\n".to_string()
         }
         None => rest,
     };
-    for part in [slow.or(section), findings, rack, relay].into_iter().flatten() {
-        doc = format!("{}\n\n{}\n", doc.trim_end(), part.trim_end());
+    // The slow-node section closes the chain's part, before the others.
+    if let Some(slow) = slow.or(old_slow) {
+        let slow = format!("{}\n\n", slow.trim_end());
+        doc = match doc.find(&format!("\n{FINDINGS_HEADING}\n")) {
+            Some(at) => format!("{}{slow}{}", &doc[..at + 1], &doc[at + 1..]),
+            None => format!("{}\n\n{slow}", doc.trim_end()),
+        };
     }
-    doc
+    format!("{}\n", doc.trim_end())
 }
 
 fn render_table(size: u64, b: &Baseline, chains: &[(usize, ChainRun)]) -> String {

@@ -375,37 +375,43 @@ pub fn utc_now() -> String {
 /// Headings of the sections `benches/rack.rs` owns in docs/PERFORMANCE.md.
 pub const RACK_HEADING: &str = "## Virtual rack";
 pub const RELAY_HEADING: &str = "## Relay cost";
+pub const COMPRESS_HEADING: &str = "## Compression";
 /// A hand-written section (targets, findings) that no bench rewrites: it
 /// comes before the rack's tables and is kept whichever bench runs.
 pub const FINDINGS_HEADING: &str = "## Wire speed: targets and findings";
 
+/// Where the section under `heading` lies in `doc`: from its heading to the
+/// next `## ` (or the end).
+fn section_span(doc: &str, heading: &str) -> Option<(usize, usize)> {
+    let start = doc.find(&format!("\n{heading}\n"))? + 1;
+    let body = start + heading.len();
+    Some((start, doc[body..].find("\n## ").map_or(doc.len(), |e| body + e + 1)))
+}
+
 /// Splits the section under `heading` (up to the next `## ` or the end) out of
 /// `doc`: the rest, and the section when there is one.
 pub fn take_section(doc: &str, heading: &str) -> (String, Option<String>) {
-    match doc.find(&format!("\n{heading}\n")) {
-        Some(at) => {
-            let start = at + 1;
-            let body = start + heading.len();
-            let end = doc[body..].find("\n## ").map_or(doc.len(), |e| body + e + 1);
-            (format!("{}{}", &doc[..start], &doc[end..]), Some(doc[start..end].to_string()))
-        }
+    match section_span(doc, heading) {
+        Some((start, end)) => (format!("{}{}", &doc[..start], &doc[end..]), Some(doc[start..end].to_string())),
         None => (doc.to_string(), None),
     }
 }
 
-/// `doc` with the section under `heading` replaced by `section` (or appended).
+/// The sections `benches/rack.rs` writes, in the order the file keeps them.
+const RACK_SECTIONS: [&str; 3] = [RACK_HEADING, COMPRESS_HEADING, RELAY_HEADING];
+
+/// `doc` with the section under `heading` replaced where it stands; a new
+/// one goes before the rack bench's sections that follow it in
+/// [`RACK_SECTIONS`], or at the end. Every other section stays as it is.
 pub fn put_section(doc: &str, heading: &str, section: &str) -> String {
-    let (mut rest, _) = take_section(doc, heading);
-    let mut after = Vec::new();
-    // The rack's tables go before the relay section when both exist.
-    if heading == RACK_HEADING {
-        let (r, relay) = take_section(&rest, RELAY_HEADING);
-        rest = r;
-        after.extend(relay);
+    let section = format!("{}\n", section.trim_end());
+    if let Some((start, end)) = section_span(doc, heading) {
+        let gap = if end < doc.len() { "\n" } else { "" };
+        return format!("{}{section}{gap}{}", &doc[..start], &doc[end..]);
     }
-    let mut doc = format!("{}\n\n{}\n", rest.trim_end(), section.trim_end());
-    for a in after {
-        doc = format!("{}\n\n{}\n", doc.trim_end(), a.trim_end());
+    let later = RACK_SECTIONS.iter().skip_while(|h| **h != heading).skip(1).find_map(|h| section_span(doc, h));
+    match later {
+        Some((start, _)) => format!("{}{section}\n{}", &doc[..start], &doc[start..]),
+        None => format!("{}\n\n{section}", doc.trim_end()),
     }
-    doc
 }

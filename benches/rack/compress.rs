@@ -14,7 +14,7 @@ use kacast::size::human;
 
 use super::{cpus, gib, loadavg, machine, one_run, utc_now, Net, Opts, Run, Tool};
 
-pub const HEADING: &str = "## Compression";
+pub use super::common::COMPRESS_HEADING as HEADING;
 const TOOLS: [Tool; 3] = [Tool::Chain, Tool::ChainZstd1, Tool::ChainZstd3];
 /// Where the tree comes from: this machine's own Debian system.
 const TREE: [&str; 3] = ["/usr/bin", "/usr/lib", "/usr/share"];
