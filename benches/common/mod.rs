@@ -392,7 +392,9 @@ fn section_span(doc: &str, heading: &str) -> Option<(usize, usize)> {
 /// `doc`: the rest, and the section when there is one.
 pub fn take_section(doc: &str, heading: &str) -> (String, Option<String>) {
     match section_span(doc, heading) {
-        Some((start, end)) => (format!("{}{}", &doc[..start], &doc[end..]), Some(doc[start..end].to_string())),
+        Some((start, end)) => {
+            (format!("{}{}", &doc[..start], &doc[end..]), Some(doc[start..end].to_string()))
+        }
         None => (doc.to_string(), None),
     }
 }
@@ -409,7 +411,8 @@ pub fn put_section(doc: &str, heading: &str, section: &str) -> String {
         let gap = if end < doc.len() { "\n" } else { "" };
         return format!("{}{section}{gap}{}", &doc[..start], &doc[end..]);
     }
-    let later = RACK_SECTIONS.iter().skip_while(|h| **h != heading).skip(1).find_map(|h| section_span(doc, h));
+    let later =
+        RACK_SECTIONS.iter().skip_while(|h| **h != heading).skip(1).find_map(|h| section_span(doc, h));
     match later {
         Some((start, _)) => format!("{}{section}\n{}", &doc[..start], &doc[start..]),
         None => format!("{}\n\n{section}", doc.trim_end()),
