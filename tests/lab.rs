@@ -145,57 +145,118 @@ fn a_uefi_vm_clones_a_gpt_disk_with_its_esp_and_boots_it() {
     check_boots(&boots, &["node01", "node02"], &lab);
 }
 
+/// A `kacast lab --nodes 1` whose VM has started (it says so): everything
+/// it makes is there.
+struct RunningLab {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    said: Vec<String>,
+    namespace: String,
+    dir: String,
+    /// What runs in its namespace.
+    running: Vec<i32>,
+}
+
+impl RunningLab {
+    fn start(config: &LabConfig, work: &std::path::Path) -> RunningLab {
+        use std::io::BufRead;
+        let dir = work.to_str().unwrap().to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kacast"))
+            .args(["lab", "--nodes", "1", "--work", &dir, "--cache"])
+            .arg(&config.cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = Vec::new();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            said.push(line.clone());
+            if line.contains("nodes' status") {
+                break;
+            }
+        }
+        let namespace = format!("kacast-lab-{}", child.id());
+        let running = common::disks::sh("ip", &["netns", "pids", &namespace]).unwrap_or_default();
+        let running: Vec<i32> = running.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        let lab = RunningLab { child, lines, said, namespace, dir, running };
+        assert!(lab.running.len() >= 2, "no VM or dnsmasq in {}: {:#?}", lab.namespace, lab.said);
+        assert!(!lab.mounts().is_empty() && !lab.loops().is_empty(), "no golden disk: {:#?}", lab.said);
+        lab
+    }
+
+    fn ours(&self, text: &str) -> Vec<String> {
+        text.lines().filter(|l| l.contains(&self.dir)).map(str::to_string).collect()
+    }
+
+    fn mounts(&self) -> Vec<String> {
+        self.ours(&std::fs::read_to_string("/proc/self/mountinfo").unwrap())
+    }
+
+    fn loops(&self) -> Vec<String> {
+        self.ours(&common::disks::sh("losetup", &["-a"]).unwrap())
+    }
+
+    fn namespace_is_left(&self) -> bool {
+        common::disks::sh("ip", &["netns", "list"]).unwrap().contains(&self.namespace)
+    }
+
+    /// Sends `signal` and waits for the lab to end: its exit code.
+    fn signal(&mut self, signal: libc::c_int) -> Option<i32> {
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        self.said.extend(self.lines.by_ref().map_while(Result::ok));
+        self.child.wait().unwrap().code()
+    }
+
+    /// Nothing of the lab is left but its work directory.
+    fn check_gone(&self) {
+        assert!(!self.namespace_is_left(), "{} is left: {:#?}", self.namespace, self.said);
+        for pid in &self.running {
+            // Gone, or dead and waiting for init to reap it.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = state.rsplit(") ").next().and_then(|r| r.chars().next());
+            assert!(matches!(state, None | Some('Z' | 'X')), "process {pid} still runs: {:#?}", self.said);
+        }
+        assert_eq!(self.mounts(), Vec::<String>::new(), "{:#?}", self.said);
+        assert_eq!(self.loops(), Vec::<String>::new(), "{:#?}", self.said);
+        assert!(
+            std::path::Path::new(&self.dir).join("clone.log").exists(),
+            "the work directory lost its logs"
+        );
+    }
+}
+
 /// Ctrl-C in the middle of `kacast lab`: the VMs, dnsmasq, the golden
 /// server, the namespace, the golden disk's mount and its loop device all go
 /// (a lab killed this way used to leave every one of them); the work
 /// directory stays for its logs.
 #[test]
 fn an_interrupted_lab_leaves_nothing_running_mounted_or_attached() {
-    use std::io::{BufRead, BufReader};
     let Some((config, work)) = config(1, Firmware::Bios) else { return };
     let _one = ONE_RACK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = work.path().to_str().unwrap().to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kacast"))
-        .args(["lab", "--nodes", "1", "--work", &dir, "--cache"])
-        .arg(&config.cache)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The lab says when its VMs have started: everything it makes is there.
-    let mut said = Vec::new();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        said.push(line.clone());
-        if line.contains("nodes' status") {
-            break;
-        }
-    }
-    let namespace = format!("kacast-lab-{}", child.id());
-    let running = common::disks::sh("ip", &["netns", "pids", &namespace]).unwrap_or_default();
-    let running: Vec<i32> = running.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    assert!(running.len() >= 2, "no VM or dnsmasq in {namespace}: {said:#?}");
-    let ours = |text: &str| text.lines().filter(|l| l.contains(&dir)).map(str::to_string).collect::<Vec<_>>();
-    let mounts = || ours(&std::fs::read_to_string("/proc/self/mountinfo").unwrap());
-    let loops = || ours(&common::disks::sh("losetup", &["-a"]).unwrap());
-    assert!(!mounts().is_empty() && !loops().is_empty(), "the golden disk is not mounted: {said:#?}");
+    let mut lab = RunningLab::start(&config, work.path());
+    assert_eq!(lab.signal(libc::SIGINT), Some(130), "{:#?}", lab.said);
+    assert!(lab.said.iter().any(|l| l.contains("interrupted by SIGINT")), "{:#?}", lab.said);
+    lab.check_gone();
+}
 
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    said.extend(lines.map_while(Result::ok));
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{said:#?}");
-    assert!(said.iter().any(|l| l.contains("interrupted by SIGINT")), "{said:#?}");
-    let namespaces = common::disks::sh("ip", &["netns", "list"]).unwrap();
-    assert!(!namespaces.contains(&namespace), "{namespace} is left: {said:#?}");
-    for pid in running {
-        // Gone, or dead and waiting for init to reap it.
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = state.rsplit(") ").next().and_then(|r| r.chars().next());
-        assert!(matches!(state, None | Some('Z' | 'X')), "process {pid} still runs: {said:#?}");
-    }
-    assert_eq!(mounts(), Vec::<String>::new(), "{said:#?}");
-    assert_eq!(loops(), Vec::<String>::new(), "{said:#?}");
-    assert!(work.path().join("clone.log").exists(), "the work directory lost its logs");
+/// SIGKILL leaves no time to clean up: `kacast lab --clean` removes what the
+/// dead lab left, and only that.
+#[test]
+fn lab_clean_removes_what_a_killed_lab_left() {
+    let Some((config, work)) = config(1, Firmware::Bios) else { return };
+    let _one = ONE_RACK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = RunningLab::start(&config, work.path());
+    assert_eq!(lab.signal(libc::SIGKILL), None);
+    assert!(lab.namespace_is_left() && !lab.mounts().is_empty() && !lab.loops().is_empty(), "nothing left");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_kacast")).args(["lab", "--clean", "--work", &lab.dir]).output();
+    let out = out.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("network namespace {}", lab.namespace)), "{said}");
+    lab.said.push(said.into_owned());
+    lab.check_gone();
 }

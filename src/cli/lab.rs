@@ -27,11 +27,25 @@ pub struct LabArgs {
     /// Memory of each VM, MiB
     #[arg(long, default_value_t = 512)]
     pub memory: u32,
+    /// Remove what labs killed without cleaning up left behind (their
+    /// namespaces, VMs, mounts and loop devices) and exit; with --work, what
+    /// is mounted or attached from that directory too
+    #[arg(long)]
+    pub clean: bool,
 }
 
 pub fn run(a: LabArgs) -> Result<i32> {
-    let work =
-        a.work.unwrap_or_else(|| std::env::temp_dir().join(format!("kacast-lab-{}", std::process::id())));
+    if a.clean {
+        let swept = lab::sweep_stale(a.work.as_deref());
+        for s in &swept {
+            println!("kacast lab --clean: {s}");
+        }
+        if swept.is_empty() {
+            println!("kacast lab --clean: no lab left anything behind");
+        }
+        return Ok(0);
+    }
+    let work = a.work.unwrap_or_else(lab::default_work_dir);
     let mut config = LabConfig::new(a.nodes, std::env::current_exe()?, work.clone(), a.cache);
     config.firmware = if a.uefi { Firmware::Uefi } else { Firmware::Bios };
     config.filler_mib = a.filler;

@@ -38,7 +38,7 @@ use tracing::info;
 pub use error::LabError;
 pub use golden::{GoldenDisk, GoldenSpec, BOOTED};
 pub use net::{mac_of, Network};
-pub use sweep::{sweep, Swept};
+pub use sweep::{sweep, sweep_stale, Swept};
 pub use vm::{Accel, Firmware, Vm, VmSpec};
 
 use crate::boot::initrd::{self, InitrdSpec, KernelTree};
@@ -75,6 +75,12 @@ impl LabConfig {
             session: "kainstall".into(),
         }
     }
+}
+
+/// Where `kacast lab` works unless told: named for the process, like the
+/// lab's namespace, so a sweep after a SIGKILL finds it.
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join(net::namespace_of_this_process())
 }
 
 /// Everything the lab runs, with the Debian package that has it.

@@ -103,8 +103,11 @@ pub fn mac_of(i: usize) -> String {
 /// The lab's namespace is named for the process that runs it, so a sweep
 /// after a signal knows which one is its own without being told.
 pub(crate) fn namespace_of_this_process() -> String {
-    format!("kacast-lab-{}", std::process::id())
+    format!("{NAMESPACE_PREFIX}{}", std::process::id())
 }
+
+/// A lab's namespace, and its default work directory, are this and its pid.
+pub(crate) const NAMESPACE_PREFIX: &str = "kacast-lab-";
 
 /// Kills whatever still runs in the namespace (a VM, dnsmasq, the golden
 /// server) and deletes it; whether it was there.

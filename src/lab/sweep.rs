@@ -8,6 +8,7 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use super::net;
 use super::run;
@@ -19,6 +20,12 @@ pub struct Swept {
     pub namespace: Option<String>,
     pub mounts: Vec<PathBuf>,
     pub loops: Vec<PathBuf>,
+}
+
+impl Swept {
+    pub fn is_empty(&self) -> bool {
+        self.namespace.is_none() && self.mounts.is_empty() && self.loops.is_empty()
+    }
 }
 
 impl fmt::Display for Swept {
@@ -44,14 +51,52 @@ impl fmt::Display for Swept {
 /// Removes what the lab of this process made, given its work directory
 /// (which is kept: it holds the logs and consoles).
 pub fn sweep(work: &Path) -> Swept {
+    sweep_lab(&net::namespace_of_this_process(), Some(work))
+}
+
+/// Removes what labs whose process is gone left behind (killed by SIGKILL,
+/// the OOM killer, a crash): their namespaces, and the mounts and loops in
+/// their work directories (the default ones, named for the process, and
+/// `work` if given, which the caller vouches is no running lab's). Labs
+/// still running are left alone.
+pub fn sweep_stale(work: Option<&Path>) -> Vec<Swept> {
+    let listed = Command::new("ip").args(["netns", "list"]).stderr(Stdio::null()).output();
+    let listed = listed.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let mut dead: Vec<u32> = listed.lines().filter_map(|l| lab_pid(l.split_whitespace().next()?)).collect();
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        dead.extend(entries.flatten().filter_map(|e| lab_pid(&e.file_name().to_string_lossy())));
+    }
+    dead.retain(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+    dead.sort_unstable();
+    dead.dedup();
+    let mut swept: Vec<Swept> = dead
+        .into_iter()
+        .map(|pid| {
+            let default_work = std::env::temp_dir().join(format!("{}{pid}", net::NAMESPACE_PREFIX));
+            sweep_lab(&format!("{}{pid}", net::NAMESPACE_PREFIX), Some(&default_work))
+        })
+        .collect();
+    if let Some(w) = work {
+        swept.push(sweep_lab("", Some(w)));
+    }
+    swept.retain(|s| !s.is_empty());
+    swept
+}
+
+/// The pid in a lab's name (`kacast-lab-PID`), for its namespace and its
+/// default work directory alike.
+fn lab_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(net::NAMESPACE_PREFIX)?.parse().ok()
+}
+
+fn sweep_lab(namespace: &str, work: Option<&Path>) -> Swept {
     let mut swept = Swept::default();
     // The processes first: a VM holds its disk image open, the golden server
     // reads the mounted golden root.
-    let ns = net::namespace_of_this_process();
-    if net::remove_namespace(&ns) {
-        swept.namespace = Some(ns);
+    if !namespace.is_empty() && net::remove_namespace(namespace) {
+        swept.namespace = Some(namespace.to_string());
     }
-    let Ok(work) = fs::canonicalize(work) else { return swept };
+    let Some(Ok(work)) = work.map(fs::canonicalize) else { return swept };
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for point in mount_points_under(&mountinfo, &work) {
         let p = point.to_string_lossy().into_owned();
@@ -160,8 +205,16 @@ mod tests {
     }
 
     #[test]
+    fn only_lab_names_give_a_pid() {
+        assert_eq!(lab_pid("kacast-lab-4242"), Some(4242));
+        assert_eq!(lab_pid("kacast-lab-test-abc"), None);
+        assert_eq!(lab_pid("krk-4242-n1"), None);
+    }
+
+    #[test]
     fn nothing_swept_says_so() {
         assert_eq!(Swept::default().to_string(), "nothing was left");
+        assert!(Swept::default().is_empty());
         let s = Swept { namespace: Some("kacast-lab-7".into()), mounts: vec!["/w/g".into()], loops: vec![] };
         assert_eq!(s.to_string(), "removed network namespace kacast-lab-7 and what ran in it, mount /w/g");
     }
