@@ -66,10 +66,27 @@ impl Network {
         format!("{SUBNET}.{}", 10 + i)
     }
 
-    /// `ip netns exec NS` before `program`.
+    /// `program`, to be run inside the namespace. The child enters it
+    /// between fork and exec (where `ip netns exec` would enter it after its
+    /// own exec), so once `spawn` returns the process is in the namespace: a
+    /// sweep after a signal at that moment finds it there.
     pub fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.namespace]).arg(program);
+        use std::os::unix::process::CommandExt;
+        let ns = std::fs::File::open(Path::new("/run/netns").join(&self.namespace));
+        let ns = ns.map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT));
+        let mut c = Command::new(program);
+        // SAFETY: the closure runs in the forked child and only makes the
+        // setns system call (async-signal-safe) on an fd opened beforehand;
+        // the error is built from an errno, without allocating.
+        unsafe {
+            c.pre_exec(move || {
+                let fd = ns.as_ref().map_err(|e| std::io::Error::from_raw_os_error(*e))?;
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(fd), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
         c
     }
 
@@ -110,22 +127,65 @@ pub(crate) fn namespace_of_this_process() -> String {
 pub(crate) const NAMESPACE_PREFIX: &str = "kacast-lab-";
 
 /// Kills whatever still runs in the namespace (a VM, dnsmasq, the golden
-/// server) and deletes it; whether it was there.
+/// server), waits for it to be dead, and deletes the namespace; whether it
+/// was there. Waiting matters: a process killed but not yet dead still holds
+/// the golden root's files and the disk images, so the unmounts and loop
+/// detaches that follow a sweep would find them busy.
 pub(crate) fn remove_namespace(namespace: &str) -> bool {
     let Ok(out) = Command::new("ip").args(["netns", "pids", namespace]).stderr(Stdio::null()).output() else {
         return false;
     };
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse::<i32>() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
+    let pids = String::from_utf8_lossy(&out.stdout);
+    kill_and_wait(pids.split_whitespace().filter_map(|p| p.parse().ok()));
     Command::new("ip")
         .args(["netns", "delete", namespace])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// How long a killed process may take to die: QEMU gives back hundreds of
+/// MiB of guest memory, which takes well under a second; past this the
+/// process is stuck in the kernel (a hung NFS or disk) and waiting longer
+/// would not help.
+const DEATH_TIMEOUT_MS: libc::c_int = 10_000;
+
+/// SIGKILL to every process, then a wait until each has died (is a zombie or
+/// gone). Through pidfds: they also wait for processes that are not our
+/// children (after a SIGKILL of the lab, init adopted its VMs), and a pid
+/// reused meanwhile is never signalled.
+fn kill_and_wait(pids: impl Iterator<Item = libc::pid_t>) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::{Duration, Instant};
+    let mut dying: Vec<OwnedFd> = Vec::new();
+    for pid in pids {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+        if fd < 0 {
+            continue; // Already gone.
+        }
+        // SAFETY: fd was just opened and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: fd is a pidfd; a null siginfo is allowed.
+        let null = std::ptr::null::<libc::siginfo_t>();
+        unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, null, 0) };
+        dying.push(fd);
+    }
+    // A pidfd polls readable once its process has exited.
+    let mut waiting: Vec<libc::pollfd> = dying
+        .iter()
+        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+        .collect();
+    let deadline = Instant::now() + Duration::from_millis(DEATH_TIMEOUT_MS as u64);
+    while !waiting.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int;
+        // SAFETY: waiting is a valid slice of pollfds for the call.
+        let n = unsafe { libc::poll(waiting.as_mut_ptr(), waiting.len() as libc::nfds_t, left) };
+        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted) {
+            break;
+        }
+        waiting.retain(|p| p.revents == 0);
+    }
 }
 
 impl Drop for Network {
