@@ -4,6 +4,7 @@ use std::io::Read;
 use std::net::Shutdown;
 use std::time::Duration;
 
+use super::lane::{Lane, Lent};
 use super::ring::{Finish, Next, Ring, RingReader};
 use super::source::fill;
 use crate::connection::FrameWriter;
@@ -30,6 +31,16 @@ pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, St
                 return finish_child(child, finish).map(|()| sent);
             }
         }
+    }
+}
+
+/// As [`forward`], through the producer's [`Lane`] when it is free: the
+/// producer writes the chunks, and this thread only finishes the child.
+pub fn forward_through(lane: &Lane, reader: RingReader, child: FrameWriter) -> Result<u64, String> {
+    match lane.lend(reader, child) {
+        Err((reader, child)) => forward(reader, child),
+        Ok(Lent { error: Some(why), .. }) => Err(why),
+        Ok(Lent { reader, child, sent, error: None }) => forward(reader, child).map(|rest| sent + rest),
     }
 }
 

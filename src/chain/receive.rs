@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::lane::Lane;
 use super::ring::Ring;
 use crate::connection::Connection;
 use crate::protocol::{End, Frame, Kind};
@@ -29,9 +30,15 @@ impl std::fmt::Display for UpstreamError {
 }
 
 /// Receives data frames into the ring until the end frame, continuing the
-/// stream at `received` bytes (the upstream was asked for that offset). The ring
-/// is not finished here: on a broken upstream the caller may reattach elsewhere.
-pub fn receive(upstream: &mut Connection, ring: &Ring, received: &AtomicU64) -> Result<End, UpstreamError> {
+/// stream at `received` bytes (the upstream was asked for that offset), and
+/// writing each chunk to the `lane`'s child. The ring is not finished here: on
+/// a broken upstream the caller may reattach elsewhere.
+pub fn receive(
+    upstream: &mut Connection,
+    ring: &Ring,
+    lane: Option<&Lane>,
+    received: &AtomicU64,
+) -> Result<End, UpstreamError> {
     let peer = upstream.peer().to_string();
     let broken = |length: u64, e: &dyn std::fmt::Display| {
         UpstreamError::Broken(format!("upstream {peer} failed at byte {length}: {e}"))
@@ -54,6 +61,9 @@ pub fn receive(upstream: &mut Connection, ring: &Ring, received: &AtomicU64) -> 
             let n = buf.len() as u64;
             ring.push(buf).map_err(|_| UpstreamError::Aborted("this node's ring was closed".into()))?;
             received.store(length + n, Ordering::Relaxed);
+            if let Some(lane) = lane {
+                lane.drive();
+            }
             continue;
         }
         let mut payload = Vec::new();

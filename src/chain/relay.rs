@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use super::forward::{forward, forward_reader};
+use super::forward::{forward, forward_reader, forward_through};
+use super::lane::Lane;
 use super::ring::{Ring, RingReader};
 use crate::auth::{self, Key};
 use crate::connection::Connection;
@@ -56,6 +57,9 @@ pub struct RelayConfig {
     pub fallback: Option<Fallback>,
     /// The session key: children must prove they hold it.
     pub key: Option<Key>,
+    /// The producer's cut-through to the first child that connects for the
+    /// live stream; `None` forwards every child on its own thread.
+    pub lane: Option<Arc<Lane>>,
 }
 
 struct Shared {
@@ -64,6 +68,7 @@ struct Shared {
     ring: Arc<Ring>,
     chunk_size: usize,
     fallback: Option<Fallback>,
+    lane: Option<Arc<Lane>>,
     state: Mutex<RelayState>,
     stop: AtomicBool,
 }
@@ -102,6 +107,7 @@ impl Relay {
             chunk_size: config.chunk_size,
             fallback: config.fallback,
             key: config.key,
+            lane: config.lane,
             state: Mutex::new(RelayState {
                 pending: children.into_iter().map(|c| (c.node_id, c.reader)).collect(),
                 ..Default::default()
@@ -210,23 +216,27 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
         st.active.insert(node_id, socket);
         let solo = st.solo.contains(&node_id);
         match st.pending.remove(&node_id) {
-            Some(r) if offset == 0 && !solo => Some(r),
+            // The assigned child, from the start: the lane may carry it.
+            Some(r) if offset == 0 && !solo => Some((r, true)),
             reserved => {
                 drop(reserved);
                 drop(st);
                 match (solo, &shared.fallback) {
                     // Re-read for it below: it must not hold back the ring.
                     (true, Some(_)) => None,
-                    (true, None) => shared.ring.attach_weak_at(offset),
-                    (false, _) => shared.ring.attach_at(offset),
+                    (true, None) => shared.ring.attach_weak_at(offset).map(|r| (r, false)),
+                    (false, _) => shared.ring.attach_at(offset).map(|r| (r, false)),
                 }
             }
         }
     };
     let result = match reader {
-        Some(r) => {
+        Some((r, lendable)) => {
             debug!("child node {node_id} connected at offset {offset}");
-            forward(r, writer)
+            match &shared.lane {
+                Some(lane) if lendable => forward_through(lane, r, writer),
+                _ => forward(r, writer),
+            }
         }
         None => match shared.fallback.as_ref().and_then(|f| f(offset)) {
             Some(input) => {

@@ -68,6 +68,13 @@ struct ReaderState {
     /// Does not hold back the producer: it is dropped if it falls out of the
     /// buffer (a slow node fed on its own when the input cannot be re-read).
     weak: bool,
+    /// Read by the producer's own thread after each push (a [`Lane`]): it must
+    /// not hold back the push that would let it advance. The producer's
+    /// blocking writes to that child are its back-pressure, and its chunks are
+    /// still kept from eviction.
+    ///
+    /// [`Lane`]: super::Lane
+    driven: bool,
 }
 
 /// Why the producer should stop: the ring was closed with nobody left to read.
@@ -82,7 +89,9 @@ impl Ring {
                 base: 0,
                 head_offset: 0,
                 held: 0,
-                readers: (0..readers).map(|_| ReaderState { next: 0, active: true, weak: false }).collect(),
+                readers: (0..readers)
+                    .map(|_| ReaderState { next: 0, active: true, weak: false, driven: false })
+                    .collect(),
                 finish: None,
                 closed: false,
                 producer_waiting: false,
@@ -125,7 +134,7 @@ impl Ring {
             let i = st.chunks.iter().position(|c| c.offset == offset)?;
             st.base + i as u64
         };
-        st.readers.push(ReaderState { next: seq, active: true, weak });
+        st.readers.push(ReaderState { next: seq, active: true, weak, driven: false });
         let id = st.readers.len() - 1;
         drop(st);
         self.space.notify_all();
@@ -155,6 +164,11 @@ impl Ring {
                 return Err(NoReaders);
             }
             match st.slowest_offset() {
+                // Only driven readers: the producer's own writes pace it.
+                None if st.readers.iter().any(|r| r.active && r.driven) => {
+                    st.evict_for(len, self.capacity);
+                    break;
+                }
                 None if st.closed => return Err(NoReaders),
                 None => {}
                 Some(slowest) => {
@@ -232,6 +246,24 @@ impl Ring {
         }
     }
 
+    /// The next chunk if the ring holds it already; never waits.
+    fn try_next(&self, id: usize) -> Option<Chunk> {
+        let mut st = self.lock();
+        let pos = st.readers[id].next;
+        let chunk = Arc::clone(&st.chunks.get(pos.checked_sub(st.base)? as usize)?.bytes);
+        st.readers[id].next = pos + 1;
+        Some(chunk)
+    }
+
+    fn set_driven(&self, id: usize, driven: bool) {
+        let mut st = self.lock();
+        st.readers[id].driven = driven;
+        drop(st);
+        // A producer waiting on other readers re-checks with this one counted
+        // or not.
+        self.space.notify_all();
+    }
+
     /// The reader leaves: it no longer holds back the producer.
     fn detach(&self, id: usize) {
         let mut st = self.lock();
@@ -259,7 +291,7 @@ impl State {
 
     /// Byte offset of the slowest active reader, `None` when there is none.
     fn slowest_offset(&self) -> Option<u64> {
-        let seq = self.readers.iter().filter(|r| r.active && !r.weak).map(|r| r.next).min()?;
+        let seq = self.readers.iter().filter(|r| r.active && !r.weak && !r.driven).map(|r| r.next).min()?;
         Some(self.offset_of(seq))
     }
 
@@ -291,6 +323,16 @@ pub struct RingReader {
 impl RingReader {
     pub fn next_chunk(&mut self) -> Next {
         self.ring.next(self.id)
+    }
+
+    /// The next chunk if it is there already, without waiting.
+    pub fn try_next_chunk(&mut self) -> Option<Chunk> {
+        self.ring.try_next(self.id)
+    }
+
+    /// See [`ReaderState::driven`].
+    pub(crate) fn set_driven(&mut self, driven: bool) {
+        self.ring.set_driven(self.id, driven)
     }
 }
 

@@ -4,14 +4,21 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::lane::Lane;
 use super::ring::{Finish, Ring};
 use crate::protocol::End;
 
 /// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting bytes
-/// into `sent`. Returns the end frame or why it stopped, and leaves the ring
+/// into `sent` and writing each chunk to the `lane`'s child. Returns the end frame or why it stopped, and leaves the ring
 /// open: the caller records the verdict first and then [`seal`]s the ring,
 /// so that no node can report before the verdict is known.
-pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU64) -> Result<End, String> {
+pub fn pump(
+    mut input: impl Read,
+    ring: &Ring,
+    lane: Option<&Lane>,
+    chunk_size: usize,
+    sent: &AtomicU64,
+) -> Result<End, String> {
     let mut hasher = blake3::Hasher::new();
     let mut length = 0u64;
     loop {
@@ -32,6 +39,9 @@ pub fn pump(mut input: impl Read, ring: &Ring, chunk_size: usize, sent: &AtomicU
             return Err("every node has left the chain".to_string());
         }
         sent.store(length, Ordering::Relaxed);
+        if let Some(lane) = lane {
+            lane.drive();
+        }
         if !full {
             break;
         }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use super::discovery::discover;
 use crate::auth::{self, Key};
 use crate::chain::{
-    receive, ChildLink, Finish, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkMeter, SinkOutcome,
+    receive, ChildLink, Finish, Lane, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkMeter, SinkOutcome,
     StreamReader, UpstreamError, CHUNK_SIZE, DEFAULT_BUFFER,
 };
 use crate::connection::{Connection, FrameWriter};
@@ -222,6 +222,7 @@ impl Client {
             .map(|(i, id)| ChildLink { node_id: *id, reader: ring.reader(i + 1) })
             .collect();
         let listener = self.listener.try_clone().context(|| "clone data listener".into())?;
+        let lane = Arc::new(Lane::new());
         let relay = Arc::new(
             Relay::start(
                 listener,
@@ -232,6 +233,7 @@ impl Client {
                     chunk_size: CHUNK_SIZE,
                     fallback: None,
                     key: c.key.clone(),
+                    lane: Some(Arc::clone(&lane)),
                 },
             )
             .context(|| "start relay".into())?,
@@ -239,18 +241,20 @@ impl Client {
         let orders = Orders::new();
         let control_thread = {
             let (orders, relay, timeout) = (Arc::clone(&orders), Arc::clone(&relay), c.timeout);
-            let (ring, guard) = (Arc::clone(&ring), guard.clone());
+            let (ring, guard, lane) = (Arc::clone(&ring), guard.clone(), Arc::clone(&lane));
             thread::spawn(move || {
                 follow_server(control, &orders, &relay, timeout);
                 if let Some(e) = orders.fatal() {
                     // Unblock everything: the stream, the relay, a hung sink.
                     ring.finish(Finish::Abandoned(e.to_string()));
+                    lane.cut();
                     guard.kill();
                 }
             })
         };
 
-        let finish = self.stream(node_id, upstream, source, &ring, &orders);
+        let finish = self.stream(node_id, upstream, source, &ring, &lane, &orders);
+        lane.close();
         ring.finish(finish.clone());
         if let Some(reason) = orders.fatal() {
             // Declared dead or cut off: the sink may be hung; kill it, do not wait.
@@ -318,6 +322,7 @@ impl Client {
         first: SocketAddr,
         source: SocketAddr,
         ring: &Ring,
+        lane: &Lane,
         orders: &Orders,
     ) -> Finish {
         let c = &self.config;
@@ -341,7 +346,7 @@ impl Client {
                         up.set_read_timeout(None)
                     });
                     match greeted {
-                        Ok(()) => receive(&mut up, ring, &self.received),
+                        Ok(()) => receive(&mut up, ring, Some(lane), &self.received),
                         Err(Error::Refused(why)) => Err(UpstreamError::Refused(why)),
                         Err(e) => Err(UpstreamError::Broken(e.to_string())),
                     }

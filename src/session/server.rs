@@ -22,7 +22,7 @@ use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
 use super::status::StatusBoard;
 use crate::auth::Key;
-use crate::chain::{pump, seal, ChildLink, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
+use crate::chain::{pump, seal, ChildLink, Lane, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
 use crate::error::{Error, IoContext, Result};
 use crate::net::wait_any;
 use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
@@ -290,11 +290,13 @@ impl Server {
             .map(|(i, id)| ChildLink { node_id: *id, reader: ring.reader(i) })
             .collect();
         let data = self.data.try_clone().context(|| "clone data listener".into())?;
+        let lane = Arc::new(Lane::new());
         let relay_config = RelayConfig {
             session: self.config.session.clone(),
             chunk_size: self.config.chunk_size,
             fallback: input.reread,
             key: self.config.key.clone(),
+            lane: Some(Arc::clone(&lane)),
         };
         let relay = Relay::start(data, Arc::clone(&ring), links, relay_config)
             .context(|| "start the server's relay".into())?;
@@ -335,7 +337,8 @@ impl Server {
             };
             let (verdict_tx, verdict_rx) = mpsc::channel();
             thread::spawn(move || {
-                let verdict = pump(reader, &ring, chunk, &stats.sent);
+                let verdict = pump(reader, &ring, Some(&lane), chunk, &stats.sent);
+                lane.close();
                 // Sent before the ring ends: every report comes after it.
                 let _ = verdict_tx.send((verdict.clone(), Instant::now()));
                 seal(&ring, &verdict);
