@@ -59,7 +59,9 @@ usage: cargo bench --bench rack [-- OPTIONS]
   --size SIZE        rack: bytes every node receives (default 1G)
   --nodes LIST       rack: rack sizes, comma-separated (default 2,4,8,16)
   --profiles LIST    rack: link rates, from 100mbit,1gbit (default both)
-  --tools LIST       rack: from chain,copy,star,udpcast (default all four)
+  --tools LIST       rack: from chain,copy,star,udpcast (default all four), and
+                     baseline: the chain of the kacast binary named by
+                     KACAST_RACK_BASELINE (another commit's build), side by side
   --delay MS         rack: one-way latency added on every host's link with netem
                      (default 0; needs sch_netem, which this machine's kernel lacks)
   --relay-size SIZE  relay: bytes relayed per variant (default 1G, quick 512M)
@@ -82,6 +84,9 @@ const STAR_PULL: &str = "__star-pull";
 const COPY_RELAY: &str = "__copy-relay";
 /// Extra `kacast server` options for the chain runs, from the environment.
 const CHAIN_ARGS_ENV: &str = "KACAST_RACK_CHAIN_ARGS";
+/// Another kacast binary (an earlier commit's build), run as the `baseline`
+/// tool beside this one's chain: a data-plane change measured side by side.
+const BASELINE_ENV: &str = "KACAST_RACK_BASELINE";
 /// How long a star puller keeps trying to connect while its server starts.
 const CONNECT_FOR: Duration = Duration::from_secs(20);
 
@@ -97,6 +102,8 @@ enum Tool {
     /// clone --compress zstd:LEVEL` does, and every node decompressing.
     ChainZstd1,
     ChainZstd3,
+    /// The chain of the kacast binary named by `KACAST_RACK_BASELINE`.
+    Baseline,
 }
 
 impl Tool {
@@ -117,6 +124,7 @@ impl Tool {
             Tool::Star => "star",
             Tool::Udpcast => "udpcast",
             Tool::CopyChain => "copy chain",
+            Tool::Baseline => "baseline",
         }
     }
 }
@@ -213,6 +221,8 @@ fn parse_args() -> Result<Opts> {
                         "star" => Ok(Tool::Star),
                         "udpcast" => Ok(Tool::Udpcast),
                         "copy" => Ok(Tool::CopyChain),
+                        "baseline" if std::env::var_os(BASELINE_ENV).is_some() => Ok(Tool::Baseline),
+                        "baseline" => Err(anyhow!("tool 'baseline' needs {BASELINE_ENV}=PATH of a kacast binary")),
                         other => Err(anyhow!("unknown tool '{other}'")),
                     })
                     .collect::<Result<_>>()?
@@ -574,7 +584,11 @@ fn one_run(
     let node_ns: Vec<File> = net.nodes[..n].iter().map(|h| net.ns(h)).collect::<Result<_>>()?;
     let server_args: Vec<String>;
     match tool {
-        Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3 => {
+        Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3 | Tool::Baseline => {
+            let kacast = match tool {
+                Tool::Baseline => PathBuf::from(std::env::var_os(BASELINE_ENV).unwrap_or_default()),
+                _ => PathBuf::from(KACAST),
+            };
             let input = match tool.zstd() {
                 None => [s("-i"), file.display().to_string()],
                 Some(level) => [s("-e"), format!("zstd -T0 -{level} -q -c < '{}'", file.display())],
@@ -605,7 +619,7 @@ fn one_run(
             if let Ok(extra) = std::env::var(CHAIN_ARGS_ENV) {
                 server_args.extend(extra.split_whitespace().map(String::from));
             }
-            rack.spawn_in("server", Path::new(KACAST), &server_args, dir, Some(&server_ns))?;
+            rack.spawn_in("server", &kacast, &server_args, dir, Some(&server_ns))?;
             for (k, ns) in node_ns.iter().enumerate() {
                 let args = vec![
                     s("-q"),
@@ -624,7 +638,7 @@ fn one_run(
                     s("0.05"),
                 ];
                 let args = [args, sink.clone()].concat();
-                rack.spawn_in(&format!("node{:02}", k + 1), Path::new(KACAST), &args, dir, Some(ns))?;
+                rack.spawn_in(&format!("node{:02}", k + 1), &kacast, &args, dir, Some(ns))?;
             }
         }
         Tool::Star => {
@@ -697,7 +711,7 @@ fn one_run(
     let wall_s = (end - started).as_secs_f64();
     let mut stream_s = None;
     let mut wire = None;
-    if matches!(tool, Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3) {
+    if matches!(tool, Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3 | Tool::Baseline) {
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
         wire = r["bytes"].as_u64();
         // A compressed stream is checked by each node's hash and by zstd's
