@@ -222,7 +222,9 @@ fn parse_args() -> Result<Opts> {
                         "udpcast" => Ok(Tool::Udpcast),
                         "copy" => Ok(Tool::CopyChain),
                         "baseline" if std::env::var_os(BASELINE_ENV).is_some() => Ok(Tool::Baseline),
-                        "baseline" => Err(anyhow!("tool 'baseline' needs {BASELINE_ENV}=PATH of a kacast binary")),
+                        "baseline" => {
+                            Err(anyhow!("tool 'baseline' needs {BASELINE_ENV}=PATH of a kacast binary"))
+                        }
                         other => Err(anyhow!("unknown tool '{other}'")),
                     })
                     .collect::<Result<_>>()?
