@@ -271,6 +271,42 @@ impl FrameWriter {
         self.send(Kind::Data, payload).context(|| format!("{}: send data", self.peer))
     }
 
+    /// One data frame, as much of it as the socket takes now without
+    /// waiting. `Some` holds the rest, which [`FrameWriter::finish_frame`]
+    /// must send before any other frame.
+    pub fn try_write_data(&mut self, payload: &Arc<Vec<u8>>) -> Result<Option<PartialFrame>> {
+        let mut seal = self.seal.lock().unwrap_or_else(|p| p.into_inner());
+        let head = Header { kind: Kind::Data, len: payload.len() as u32, tagged: seal.is_some() }.to_bytes();
+        let tag = seal.as_mut().map(|s| s.tag(&head, payload));
+        let mut frame = PartialFrame { head, payload: Arc::clone(payload), tag, written: 0 };
+        let socket = socket2::SockRef::from(&self.stream);
+        while frame.written < frame.len() {
+            let mut bufs = frame.slices();
+            let mut rest: &mut [IoSlice<'_>] = &mut bufs;
+            IoSlice::advance_slices(&mut rest, frame.written);
+            match socket.send_vectored_with_flags(rest, libc::MSG_DONTWAIT) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context(|| self.sending()),
+                Ok(n) => frame.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(frame)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context(|| self.sending()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sends the rest of a frame [`FrameWriter::try_write_data`] began.
+    pub fn finish_frame(&mut self, frame: PartialFrame) -> Result<()> {
+        let mut bufs = frame.slices();
+        let mut rest: &mut [IoSlice<'_>] = &mut bufs;
+        IoSlice::advance_slices(&mut rest, frame.written);
+        write_all_vectored(&mut self.stream, rest).context(|| self.sending())
+    }
+
+    fn sending(&self) -> String {
+        format!("{}: send data", self.peer)
+    }
+
     fn send(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
         // The lock spans the write: tags are numbered in the order frames leave.
         let mut seal = self.seal.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,6 +317,26 @@ impl FrameWriter {
             &mut self.stream,
             &mut [IoSlice::new(&head), IoSlice::new(payload), IoSlice::new(tag)],
         )
+    }
+}
+
+/// A data frame the socket took only part of.
+pub struct PartialFrame {
+    head: [u8; HEADER_LEN],
+    payload: Arc<Vec<u8>>,
+    tag: Option<[u8; TAG_LEN]>,
+    /// Bytes of the frame already sent.
+    written: usize,
+}
+
+impl PartialFrame {
+    fn len(&self) -> usize {
+        HEADER_LEN + self.payload.len() + self.tag.map_or(0, |t| t.len())
+    }
+
+    fn slices(&self) -> [IoSlice<'_>; 3] {
+        let tag: &[u8] = self.tag.as_ref().map(|t| &t[..]).unwrap_or(&[]);
+        [IoSlice::new(&self.head), IoSlice::new(&self.payload), IoSlice::new(tag)]
     }
 }
 
@@ -354,6 +410,36 @@ mod tests {
         let mut r = sealed_pair(|b| b[HEADER_LEN + 24 + TAG_LEN..].to_vec());
         let e = r.read_frame().unwrap_err().to_string();
         assert!(e.contains("failed authentication"), "{e}");
+    }
+
+    /// Frames begun without waiting and finished later, on a sealed
+    /// connection whose reader is slower than its writer: every byte and every tag arrive
+    /// in order.
+    #[test]
+    fn frames_the_socket_took_in_part_are_finished_whole_and_sealed() {
+        const CHUNK: usize = 256 * 1024;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let key = [3u8; 32];
+        let mut r = Connection::connect(listener.local_addr().unwrap(), Duration::from_secs(5)).unwrap();
+        let mut w = Connection::new(listener.accept().unwrap().0).unwrap();
+        w.seal(key, End::Acceptor);
+        r.seal(key, End::Connector);
+        let mut writer = w.writer().unwrap();
+        let chunks: Vec<Arc<Vec<u8>>> = (0..64u8).map(|i| Arc::new(vec![i; CHUNK])).collect();
+        let sending = std::thread::spawn(move || {
+            let mut partial = 0;
+            for c in &chunks {
+                if let Some(rest) = writer.try_write_data(c).unwrap() {
+                    partial += 1;
+                    writer.finish_frame(rest).unwrap();
+                }
+            }
+            partial
+        });
+        for i in 0..64u8 {
+            assert_eq!(r.read_frame().unwrap(), Some(Frame::Data(vec![i; CHUNK])), "frame {i}");
+        }
+        assert!(sending.join().unwrap() > 0, "16 MiB to a slower reader: some frame must have been cut");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use super::lane::{Lane, Lent};
+use super::lane::Lane;
 use super::ring::{Finish, Next, Ring, RingReader};
 use super::source::fill;
 use crate::connection::FrameWriter;
@@ -34,13 +34,32 @@ pub fn forward(mut reader: RingReader, mut child: FrameWriter) -> Result<u64, St
     }
 }
 
-/// As [`forward`], through the producer's [`Lane`] when it is free: the
-/// producer writes the chunks, and this thread only finishes the child.
+/// As [`forward`], through the producer's [`Lane`] when this child is the
+/// first to claim it: the producer writes the chunks while the child's socket
+/// takes them at once; this thread sends what it could not, catches up from
+/// the ring, lends the child again, and finishes it.
 pub fn forward_through(lane: &Lane, reader: RingReader, child: FrameWriter) -> Result<u64, String> {
-    match lane.lend(reader, child) {
-        Err((reader, child)) => forward(reader, child),
-        Ok(Lent { error: Some(why), .. }) => Err(why),
-        Ok(Lent { reader, child, sent, error: None }) => forward(reader, child).map(|rest| sent + rest),
+    if !lane.claim() {
+        return forward(reader, child);
+    }
+    let (mut reader, mut child, mut sent) = (reader, child, 0u64);
+    loop {
+        let back = lane.lend(reader, child);
+        sent += back.sent;
+        if let Some(why) = back.error {
+            return Err(why);
+        }
+        (reader, child) = (back.reader, back.child);
+        if let Some(rest) = back.pending {
+            child.finish_frame(rest).map_err(|e| e.to_string())?;
+        }
+        if back.closed {
+            return forward(reader, child).map(|rest| sent + rest);
+        }
+        while let Some(chunk) = reader.try_next_chunk() {
+            child.write_data(&chunk).map_err(|e| e.to_string())?;
+            sent += chunk.len() as u64;
+        }
     }
 }
 

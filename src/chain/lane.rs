@@ -6,9 +6,15 @@
 //! shared cores carrying a rack of relays, each wake-up is a scheduling delay
 //! added to every hop and a context switch on every chunk. The child's ring
 //! reader still advances chunk by chunk, so the replay history that failure
-//! recovery needs is kept as with a forwarding thread. The forwarding thread
-//! lends its child to the lane and takes it back to finish it (the end frame,
-//! the close), or when a write fails.
+//! recovery needs is kept as with a forwarding thread.
+//!
+//! The producer never waits on the child: it writes what the child's socket
+//! takes at once, and when the socket is full it hands the child back to its
+//! own thread with the rest of the frame, and goes back to its upstream
+//! (waiting there would stop this node reading, and its upstream link would
+//! idle). The child's thread sends the rest, catches up from the ring, and
+//! lends the child again. It also takes the child back to finish it (the end
+//! frame, the close) and when a write fails.
 //!
 //! [`receive`]: super::receive
 //! [`pump`]: super::pump
@@ -17,7 +23,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::ring::RingReader;
-use crate::connection::FrameWriter;
+use crate::connection::{FrameWriter, PartialFrame};
 
 /// The one child forwarded on the producer's thread.
 #[derive(Default)]
@@ -30,26 +36,30 @@ pub struct Lane {
 struct LaneState {
     /// With the producer, between two chunks.
     lent: Option<Lent>,
-    /// Given back, for the forwarding thread to take.
+    /// Given back, for the child's thread to take.
     returned: Option<Lent>,
-    /// A child was lent once: others are forwarded by their own threads.
-    taken: bool,
+    /// A child has the lane: others are forwarded by their own threads.
+    claimed: bool,
     /// The producer is done: a child lent from now on comes straight back.
     closed: bool,
-    /// The lent child's socket, to unblock a write that would never end.
+    /// The lent child's socket, to cut it off from another thread.
     socket: Option<TcpStream>,
     /// This node gave up: a child lent from now on is cut off at once.
     cut: bool,
 }
 
-/// A child while the lane has it.
+/// A child while the lane has it, and how it came back.
 pub struct Lent {
     pub reader: RingReader,
     pub child: FrameWriter,
     /// Bytes written to the child by the producer.
     pub sent: u64,
+    /// The frame the child's socket had no room for: to be sent first.
+    pub pending: Option<PartialFrame>,
     /// Why a write to the child failed.
     pub error: Option<String>,
+    /// The producer is done: the rest is the child's thread's.
+    pub closed: bool,
 }
 
 impl Lane {
@@ -61,50 +71,53 @@ impl Lane {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands the child to the producer and waits for it to come back (the
-    /// stream ended here, or a write failed). `Err` gives the child back at
-    /// once when another child has the lane: forward it on this thread.
-    pub fn lend(
-        &self,
-        mut reader: RingReader,
-        child: FrameWriter,
-    ) -> Result<Lent, (RingReader, FrameWriter)> {
+    /// Whether this child may use the lane: the first one to ask only.
+    pub fn claim(&self) -> bool {
+        !std::mem::replace(&mut self.lock().claimed, true)
+    }
+
+    /// Hands the claimed child to the producer and waits for it to come back:
+    /// its socket was full, a write failed, or the stream ended here.
+    pub fn lend(&self, mut reader: RingReader, child: FrameWriter) -> Lent {
+        let lent = |reader, child| Lent { reader, child, sent: 0, pending: None, error: None, closed: false };
         let mut st = self.lock();
-        if st.taken {
-            return Err((reader, child));
-        }
-        st.taken = true;
         if st.cut {
             let _ = child.stream().shutdown(Shutdown::Both);
-            return Ok(Lent { reader, child, sent: 0, error: Some("this node gave up".into()) });
+            return Lent { error: Some("this node gave up".into()), ..lent(reader, child) };
         }
         if st.closed {
-            return Ok(Lent { reader, child, sent: 0, error: None });
+            return Lent { closed: true, ..lent(reader, child) };
         }
         st.socket = child.stream().try_clone().ok();
         reader.set_driven(true);
-        st.lent = Some(Lent { reader, child, sent: 0, error: None });
+        st.lent = Some(lent(reader, child));
         loop {
-            if let Some(mut lent) = st.returned.take() {
+            if let Some(mut back) = st.returned.take() {
                 drop(st);
-                lent.reader.set_driven(false);
-                return Ok(lent);
+                back.reader.set_driven(false);
+                return back;
             }
             st = self.back.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// From the producer, after each push: writes the child every chunk it
-    /// has not had. A write blocks while the child's socket is full, which
-    /// holds the producer back as the child's ring reader would have.
+    /// has not had, as far as its socket takes them without waiting.
     pub fn drive(&self) {
         let Some(mut lent) = self.lock().lent.take() else { return };
         while let Some(chunk) = lent.reader.try_next_chunk() {
-            if let Err(e) = lent.child.write_data(&chunk) {
-                lent.error = Some(e.to_string());
-                return self.give_back(lent);
+            match lent.child.try_write_data(&chunk) {
+                Ok(None) => lent.sent += chunk.len() as u64,
+                Ok(Some(rest)) => {
+                    lent.sent += chunk.len() as u64;
+                    lent.pending = Some(rest);
+                    return self.give_back(lent);
+                }
+                Err(e) => {
+                    lent.error = Some(e.to_string());
+                    return self.give_back(lent);
+                }
             }
-            lent.sent += chunk.len() as u64;
         }
         self.lock().lent = Some(lent);
     }
@@ -114,15 +127,15 @@ impl Lane {
     pub fn close(&self) {
         let mut st = self.lock();
         st.closed = true;
-        if let Some(lent) = st.lent.take() {
+        if let Some(mut lent) = st.lent.take() {
             drop(st);
+            lent.closed = true;
             self.give_back(lent);
         }
     }
 
-    /// This node gave up: cuts the child off, even in the middle of a write
-    /// (it waits to be reattached elsewhere, as when its forwarding thread
-    /// closes it on an abandoned stream).
+    /// This node gave up: cuts the lent child off (it waits to be reattached
+    /// elsewhere, as when its thread closes it on an abandoned stream).
     pub fn cut(&self) {
         let mut st = self.lock();
         st.cut = true;
@@ -183,12 +196,17 @@ mod tests {
         (0..CHUNKS).flat_map(|i| std::iter::repeat_n(i, CHUNK)).collect()
     }
 
+    fn complete() -> Finish {
+        Finish::Complete(End { length: stream().len() as u64, hash: [0; 32] })
+    }
+
     /// The child connects late: its reserved reader has a full window of
     /// backlog and the producer waits on it. Once lent, it must no longer
     /// hold the producer back (only the producer's own drive can advance
-    /// it), and the first drive sends the backlog.
+    /// it), and every byte reaches the child, through the lane or, when its
+    /// socket was full, through its own thread.
     #[test]
-    fn the_producer_writes_every_chunk_of_a_child_lent_late() {
+    fn a_child_lent_late_gets_every_chunk_and_never_stalls_the_producer() {
         let ring = Ring::new(4 * CHUNK, 1);
         let lane = Arc::new(Lane::new());
         // A full window before the child comes: the next push must wait
@@ -204,20 +222,54 @@ mod tests {
             })
         };
         let (writer, reading) = child();
-        let lending = {
+        let forwarding = {
             let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
-            thread::spawn(move || lane.lend(reader, writer).ok().unwrap())
+            thread::spawn(move || crate::chain::forward_through(&lane, reader, writer))
         };
         done.recv_timeout(std::time::Duration::from_secs(30))
             .expect("the producer is stuck on its lent child");
         producing.join().unwrap();
-        let lent = lending.join().unwrap();
-        // Everything went through the lane; the reader is at the end.
-        assert_eq!((lent.sent, lent.error), (stream().len() as u64, None));
-        let mut reader = lent.reader;
-        assert!(reader.try_next_chunk().is_none());
-        drop((reader, lent.child));
+        ring.finish(complete());
+        assert_eq!(forwarding.join().unwrap(), Ok(stream().len() as u64));
         assert_eq!(reading.join().unwrap(), stream());
+    }
+
+    /// A child that reads nothing: the producer writes what its socket takes
+    /// and goes on; the child comes back with the rest of a frame to send.
+    #[test]
+    fn a_full_child_socket_comes_back_to_its_thread_instead_of_blocking_the_producer() {
+        const BIG: usize = 256 * 1024;
+        // More than any socket buffer here holds for a reader that reads nothing.
+        const BIG_CHUNKS: usize = 128;
+        let ring = Ring::new(2 * BIG_CHUNKS * BIG, 1);
+        let lane = Arc::new(Lane::new());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let writer = Connection::new(listener.accept().unwrap().0).unwrap().writer().unwrap();
+        assert!(lane.claim() && !lane.claim(), "one child only has the lane");
+        let lending = {
+            let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
+            thread::spawn(move || lane.lend(reader, writer))
+        };
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let producing = {
+            let (ring, lane) = (Arc::clone(&ring), Arc::clone(&lane));
+            thread::spawn(move || {
+                for _ in 0..BIG_CHUNKS {
+                    ring.push(vec![7; BIG]).unwrap();
+                    lane.drive();
+                }
+                let _ = done_tx.send(());
+            })
+        };
+        done.recv_timeout(std::time::Duration::from_secs(30)).expect("the producer waited on a full socket");
+        producing.join().unwrap();
+        lane.close();
+        let back = lending.join().unwrap();
+        assert!(back.error.is_none() && !back.closed, "it came back for its socket, not for the end");
+        assert!(back.pending.is_some(), "the frame the socket had no room for");
+        assert!(back.sent < (BIG_CHUNKS * BIG) as u64);
+        drop(silent);
     }
 
     #[test]
@@ -225,11 +277,12 @@ mod tests {
         let ring = Ring::new(4 * CHUNK, 2);
         let lane = Arc::new(Lane::new());
         let (writer, reading) = child();
+        assert!(lane.claim());
         let lending = {
             let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
             thread::spawn(move || {
-                let lent = lane.lend(reader, writer).ok().unwrap();
-                (lent.sent, lent.error)
+                let back = lane.lend(reader, writer);
+                (back.sent, back.error)
             })
         };
         // A second reader, drained on its own, that the broken child must not

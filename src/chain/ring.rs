@@ -252,6 +252,12 @@ impl Ring {
         let pos = st.readers[id].next;
         let chunk = Arc::clone(&st.chunks.get(pos.checked_sub(st.base)? as usize)?.bytes);
         st.readers[id].next = pos + 1;
+        // As in `next`: this reader may be the one the producer waits on.
+        let wake = st.producer_waiting;
+        drop(st);
+        if wake {
+            self.space.notify_one();
+        }
         Some(chunk)
     }
 
