@@ -276,15 +276,11 @@ impl FrameWriter {
     /// must send before any other frame.
     pub fn try_write_data(&mut self, payload: &Arc<Vec<u8>>) -> Result<Option<PartialFrame>> {
         let mut seal = self.seal.lock().unwrap_or_else(|p| p.into_inner());
-        let head = Header { kind: Kind::Data, len: payload.len() as u32, tagged: seal.is_some() }.to_bytes();
-        let tag = seal.as_mut().map(|s| s.tag(&head, payload));
+        let (head, tag) = seal_frame(&mut seal, Kind::Data, payload);
         let mut frame = PartialFrame { head, payload: Arc::clone(payload), tag, written: 0 };
         let socket = socket2::SockRef::from(&self.stream);
         while frame.written < frame.len() {
-            let mut bufs = frame.slices();
-            let mut rest: &mut [IoSlice<'_>] = &mut bufs;
-            IoSlice::advance_slices(&mut rest, frame.written);
-            match socket.send_vectored_with_flags(rest, libc::MSG_DONTWAIT) {
+            match frame.with_rest(|rest| socket.send_vectored_with_flags(rest, libc::MSG_DONTWAIT)) {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)).context(|| self.sending()),
                 Ok(n) => frame.written += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(frame)),
@@ -297,10 +293,7 @@ impl FrameWriter {
 
     /// Sends the rest of a frame [`FrameWriter::try_write_data`] began.
     pub fn finish_frame(&mut self, frame: PartialFrame) -> Result<()> {
-        let mut bufs = frame.slices();
-        let mut rest: &mut [IoSlice<'_>] = &mut bufs;
-        IoSlice::advance_slices(&mut rest, frame.written);
-        write_all_vectored(&mut self.stream, rest).context(|| self.sending())
+        frame.with_rest(|rest| write_all_vectored(&mut self.stream, rest)).context(|| self.sending())
     }
 
     fn sending(&self) -> String {
@@ -310,8 +303,7 @@ impl FrameWriter {
     fn send(&mut self, kind: Kind, payload: &[u8]) -> io::Result<()> {
         // The lock spans the write: tags are numbered in the order frames leave.
         let mut seal = self.seal.lock().unwrap_or_else(|p| p.into_inner());
-        let head = Header { kind, len: payload.len() as u32, tagged: seal.is_some() }.to_bytes();
-        let tag = seal.as_mut().map(|s| s.tag(&head, payload));
+        let (head, tag) = seal_frame(&mut seal, kind, payload);
         let tag: &[u8] = tag.as_ref().map(|t| &t[..]).unwrap_or(&[]);
         write_all_vectored(
             &mut self.stream,
@@ -334,10 +326,26 @@ impl PartialFrame {
         HEADER_LEN + self.payload.len() + self.tag.map_or(0, |t| t.len())
     }
 
-    fn slices(&self) -> [IoSlice<'_>; 3] {
+    /// Calls `f` with what is left to send.
+    fn with_rest<R>(&self, f: impl FnOnce(&mut [IoSlice<'_>]) -> R) -> R {
         let tag: &[u8] = self.tag.as_ref().map(|t| &t[..]).unwrap_or(&[]);
-        [IoSlice::new(&self.head), IoSlice::new(&self.payload), IoSlice::new(tag)]
+        let mut bufs = [IoSlice::new(&self.head), IoSlice::new(&self.payload), IoSlice::new(tag)];
+        let mut rest: &mut [IoSlice<'_>] = &mut bufs;
+        IoSlice::advance_slices(&mut rest, self.written);
+        f(rest)
     }
+}
+
+/// The header of the next frame and, on a keyed connection, its tag. Tags
+/// are numbered: the caller sends this frame before any other.
+fn seal_frame(
+    seal: &mut Option<Seal>,
+    kind: Kind,
+    payload: &[u8],
+) -> ([u8; HEADER_LEN], Option<[u8; TAG_LEN]>) {
+    let head = Header { kind, len: payload.len() as u32, tagged: seal.is_some() }.to_bytes();
+    let tag = seal.as_mut().map(|s| s.tag(&head, payload));
+    (head, tag)
 }
 
 fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {

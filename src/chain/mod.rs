@@ -3,10 +3,11 @@
 //! Each process (the server or a node) holds one bounded [`Ring`] of chunks. One
 //! producer fills it (the server's [`source`], a node's [`receive`] from its
 //! upstream) and several readers drain it at their own pace: every child's
-//! [`forward`] thread (run by the node's [`Relay`]) and the node's local [`sink`];
-//! the first child is written by the producer itself, through its [`Lane`]. The ring admits a chunk only
-//! when it has room, so the slowest reader sets the pace of its upstream: that is
-//! the back-pressure through the chain, and memory stays bounded by `--buffer`
+//! [`forward`] thread (run by the node's [`Relay`]) and the node's local
+//! [`sink`]; the first child is written by the producer itself, through its
+//! [`Lane`], while its socket keeps up. The ring admits a chunk only when it has
+//! room, so the slowest reader sets the pace of its upstream: that is the
+//! back-pressure through the chain, and memory stays bounded by `--buffer`
 //! whatever the stream length.
 
 mod forward;

@@ -36,7 +36,7 @@ impl std::fmt::Display for UpstreamError {
 pub fn receive(
     upstream: &mut Connection,
     ring: &Ring,
-    lane: Option<&Lane>,
+    lane: &Lane,
     received: &AtomicU64,
 ) -> Result<End, UpstreamError> {
     let peer = upstream.peer().to_string();
@@ -61,9 +61,7 @@ pub fn receive(
             let n = buf.len() as u64;
             ring.push(buf).map_err(|_| UpstreamError::Aborted("this node's ring was closed".into()))?;
             received.store(length + n, Ordering::Relaxed);
-            if let Some(lane) = lane {
-                lane.drive();
-            }
+            lane.drive();
             continue;
         }
         let mut payload = Vec::new();

@@ -58,8 +58,8 @@ pub struct RelayConfig {
     /// The session key: children must prove they hold it.
     pub key: Option<Key>,
     /// The producer's cut-through to the first child that connects for the
-    /// live stream; `None` forwards every child on its own thread.
-    pub lane: Option<Arc<Lane>>,
+    /// live stream.
+    pub lane: Arc<Lane>,
 }
 
 struct Shared {
@@ -68,7 +68,7 @@ struct Shared {
     ring: Arc<Ring>,
     chunk_size: usize,
     fallback: Option<Fallback>,
-    lane: Option<Arc<Lane>>,
+    lane: Arc<Lane>,
     state: Mutex<RelayState>,
     stop: AtomicBool,
 }
@@ -233,9 +233,10 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
     let result = match reader {
         Some((r, lendable)) => {
             debug!("child node {node_id} connected at offset {offset}");
-            match &shared.lane {
-                Some(lane) if lendable => forward_through(lane, r, writer),
-                _ => forward(r, writer),
+            if lendable {
+                forward_through(&shared.lane, r, writer)
+            } else {
+                forward(r, writer)
             }
         }
         None => match shared.fallback.as_ref().and_then(|f| f(offset)) {

@@ -69,9 +69,10 @@ struct ReaderState {
     /// buffer (a slow node fed on its own when the input cannot be re-read).
     weak: bool,
     /// Read by the producer's own thread after each push (a [`Lane`]): it must
-    /// not hold back the push that would let it advance. The producer's
-    /// blocking writes to that child are its back-pressure, and its chunks are
-    /// still kept from eviction.
+    /// not hold back the push that would let it advance. It is driven only
+    /// while its child's socket takes every chunk at once; once full, the
+    /// child's thread takes it back and it holds back the producer again. Its
+    /// chunks are kept from eviction either way.
     ///
     /// [`Lane`]: super::Lane
     driven: bool,
@@ -228,15 +229,8 @@ impl Ring {
                     "it fell further behind than the server's buffer holds (use -i FILE to allow re-reading)";
                 return Next::Finished(Finish::Abandoned(why.into()));
             }
-            let idx = (pos - st.base) as usize;
-            if let Some(chunk) = st.chunks.get(idx) {
-                let chunk = Arc::clone(&chunk.bytes);
-                st.readers[id].next = pos + 1;
-                let wake = st.producer_waiting;
-                drop(st);
-                if wake {
-                    self.space.notify_one();
-                }
+            if let Some(chunk) = st.take(id) {
+                self.release(st);
                 return Next::Chunk(chunk);
             }
             if let Some(f) = &st.finish {
@@ -249,15 +243,8 @@ impl Ring {
     /// The next chunk if the ring holds it already; never waits.
     fn try_next(&self, id: usize) -> Option<Chunk> {
         let mut st = self.lock();
-        let pos = st.readers[id].next;
-        let chunk = Arc::clone(&st.chunks.get(pos.checked_sub(st.base)? as usize)?.bytes);
-        st.readers[id].next = pos + 1;
-        // As in `next`: this reader may be the one the producer waits on.
-        let wake = st.producer_waiting;
-        drop(st);
-        if wake {
-            self.space.notify_one();
-        }
+        let chunk = st.take(id)?;
+        self.release(st);
         Some(chunk)
     }
 
@@ -274,6 +261,12 @@ impl Ring {
     fn detach(&self, id: usize) {
         let mut st = self.lock();
         st.readers[id].active = false;
+        self.release(st);
+    }
+
+    /// Unlocks after a reader moved on or left: a producer waiting for room
+    /// may be waiting on that reader.
+    fn release(&self, st: MutexGuard<'_, State>) {
         let wake = st.producer_waiting;
         drop(st);
         if wake {
@@ -288,6 +281,15 @@ impl Ring {
 }
 
 impl State {
+    /// Reader `id`'s next chunk, if the ring holds it, and moves the reader
+    /// past it.
+    fn take(&mut self, id: usize) -> Option<Chunk> {
+        let pos = self.readers[id].next;
+        let chunk = Arc::clone(&self.chunks.get(pos.checked_sub(self.base)? as usize)?.bytes);
+        self.readers[id].next = pos + 1;
+        Some(chunk)
+    }
+
     fn offset_of(&self, seq: u64) -> u64 {
         match self.chunks.get(seq.saturating_sub(self.base) as usize) {
             Some(c) => c.offset,

@@ -8,14 +8,15 @@ use super::lane::Lane;
 use super::ring::{Finish, Ring};
 use crate::protocol::End;
 
-/// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting bytes
-/// into `sent` and writing each chunk to the `lane`'s child. Returns the end frame or why it stopped, and leaves the ring
-/// open: the caller records the verdict first and then [`seal`]s the ring,
-/// so that no node can report before the verdict is known.
+/// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting
+/// bytes into `sent` and writing each chunk to the `lane`'s child. Returns the
+/// end frame or why it stopped, and leaves the ring open: the caller records
+/// the verdict first and then [`seal`]s the ring, so that no node can report
+/// before the verdict is known.
 pub fn pump(
     mut input: impl Read,
     ring: &Ring,
-    lane: Option<&Lane>,
+    lane: &Lane,
     chunk_size: usize,
     sent: &AtomicU64,
 ) -> Result<End, String> {
@@ -39,9 +40,7 @@ pub fn pump(
             return Err("every node has left the chain".to_string());
         }
         sent.store(length, Ordering::Relaxed);
-        if let Some(lane) = lane {
-            lane.drive();
-        }
+        lane.drive();
         if !full {
             break;
         }

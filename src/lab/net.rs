@@ -148,7 +148,7 @@ pub(crate) fn remove_namespace(namespace: &str) -> bool {
 /// MiB of guest memory, which takes well under a second; past this the
 /// process is stuck in the kernel (a hung NFS or disk) and waiting longer
 /// would not help.
-const DEATH_TIMEOUT_MS: libc::c_int = 10_000;
+const DEATH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// SIGKILL to every process, then a wait until each has died (is a zombie or
 /// gone). Through pidfds: they also wait for processes that are not our
@@ -156,7 +156,6 @@ const DEATH_TIMEOUT_MS: libc::c_int = 10_000;
 /// reused meanwhile is never signalled.
 fn kill_and_wait(pids: impl Iterator<Item = libc::pid_t>) {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::time::{Duration, Instant};
     let mut dying: Vec<OwnedFd> = Vec::new();
     for pid in pids {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
@@ -172,19 +171,13 @@ fn kill_and_wait(pids: impl Iterator<Item = libc::pid_t>) {
         dying.push(fd);
     }
     // A pidfd polls readable once its process has exited.
-    let mut waiting: Vec<libc::pollfd> = dying
-        .iter()
-        .map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-        .collect();
-    let deadline = Instant::now() + Duration::from_millis(DEATH_TIMEOUT_MS as u64);
-    while !waiting.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as libc::c_int;
-        // SAFETY: waiting is a valid slice of pollfds for the call.
-        let n = unsafe { libc::poll(waiting.as_mut_ptr(), waiting.len() as libc::nfds_t, left) };
-        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted) {
-            break;
+    let deadline = std::time::Instant::now() + DEATH_TIMEOUT;
+    while !dying.is_empty() {
+        let fds: Vec<_> = dying.iter().map(AsRawFd::as_raw_fd).collect();
+        match crate::net::wait_any(&fds, deadline.saturating_duration_since(std::time::Instant::now())) {
+            Some(dead) => drop(dying.swap_remove(dead)),
+            None => break,
         }
-        waiting.retain(|p| p.revents == 0);
     }
 }
 

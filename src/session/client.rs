@@ -233,7 +233,7 @@ impl Client {
                     chunk_size: CHUNK_SIZE,
                     fallback: None,
                     key: c.key.clone(),
-                    lane: Some(Arc::clone(&lane)),
+                    lane: Arc::clone(&lane),
                 },
             )
             .context(|| "start relay".into())?,
@@ -346,7 +346,7 @@ impl Client {
                         up.set_read_timeout(None)
                     });
                     match greeted {
-                        Ok(()) => receive(&mut up, ring, Some(lane), &self.received),
+                        Ok(()) => receive(&mut up, ring, lane, &self.received),
                         Err(Error::Refused(why)) => Err(UpstreamError::Refused(why)),
                         Err(e) => Err(UpstreamError::Broken(e.to_string())),
                     }

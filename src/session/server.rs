@@ -296,7 +296,7 @@ impl Server {
             chunk_size: self.config.chunk_size,
             fallback: input.reread,
             key: self.config.key.clone(),
-            lane: Some(Arc::clone(&lane)),
+            lane: Arc::clone(&lane),
         };
         let relay = Relay::start(data, Arc::clone(&ring), links, relay_config)
             .context(|| "start the server's relay".into())?;
@@ -337,7 +337,7 @@ impl Server {
             };
             let (verdict_tx, verdict_rx) = mpsc::channel();
             thread::spawn(move || {
-                let verdict = pump(reader, &ring, Some(&lane), chunk, &stats.sent);
+                let verdict = pump(reader, &ring, &lane, chunk, &stats.sent);
                 lane.close();
                 // Sent before the ring ends: every report comes after it.
                 let _ = verdict_tx.send((verdict.clone(), Instant::now()));
