@@ -57,6 +57,8 @@ struct State {
     readers: Vec<ReaderState>,
     finish: Option<Finish>,
     closed: bool,
+    /// See [`Ring::rereadable`].
+    rereadable: bool,
     producer_waiting: bool,
     /// Buffers of evicted chunks, reused so a long stream does not churn the allocator.
     spare: Vec<Vec<u8>>,
@@ -95,6 +97,7 @@ impl Ring {
                     .collect(),
                 finish: None,
                 closed: false,
+                rereadable: false,
                 producer_waiting: false,
                 spare: Vec::new(),
             }),
@@ -166,7 +169,8 @@ impl Ring {
             }
             match st.slowest_offset() {
                 // Only driven readers: the producer's own writes pace it.
-                None if st.readers.iter().any(|r| r.active && r.driven) => {
+                // Or none, and one that comes back is fed from a re-read.
+                None if st.readers.iter().any(|r| r.active && r.driven) || (st.rereadable && !st.closed) => {
                     st.evict_for(len, self.capacity);
                     break;
                 }
@@ -212,6 +216,16 @@ impl Ring {
             }
             st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// The stream can be read again from any offset (the server's input is a
+    /// file): with no reader attached the producer goes on instead of waiting
+    /// for one to come back, which is fed from a re-read if the ring no longer
+    /// holds its offset. Without this, once the last child reading from the
+    /// ring is cut off, the stream would never end for the children fed from
+    /// re-reads: they wait for its end frame.
+    pub fn rereadable(&self) {
+        self.lock().rereadable = true;
     }
 
     /// No reader will attach any more: a producer waiting for one gives up.
@@ -418,6 +432,24 @@ mod tests {
         }
         ring.finish(end());
         assert_eq!(consumer.join().unwrap(), 100);
+    }
+
+    #[test]
+    fn a_rereadable_ring_goes_on_without_readers_and_keeps_its_capacity() {
+        let ring = Ring::new(4, 1);
+        drop(ring.reader(0));
+        ring.rereadable();
+        // Without a reader and without `rereadable`, the first push past the
+        // window would wait for a reader that never comes.
+        for i in 0..100u8 {
+            ring.push(vec![i; 2]).unwrap();
+        }
+        assert!(ring.attach_at(0).is_none(), "the start was evicted");
+        let mut late = ring.attach_at(198).expect("the last chunk is held");
+        assert!(matches!(late.next_chunk(), Next::Chunk(c) if *c == vec![99; 2]));
+        drop(late);
+        ring.close();
+        assert!(ring.push(vec![1]).is_err(), "closed: the producer stops");
     }
 
     #[test]

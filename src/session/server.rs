@@ -284,6 +284,9 @@ impl Server {
 
         let server_children: Vec<u32> = st.children_of(0).into_iter().map(|m| st.members[m].id).collect();
         let ring = Ring::new(self.config.buffer, server_children.len());
+        if input.reread.is_some() {
+            ring.rereadable();
+        }
         let links = server_children
             .iter()
             .enumerate()

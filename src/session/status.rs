@@ -334,7 +334,7 @@ impl Drop for StatusReporter {
 }
 
 fn send_loop(c: &ClientConfig, hello: Status, rx: &Receiver<Msg>) {
-    let mut pending: VecDeque<Status> = VecDeque::new();
+    let mut queue = Outbox::default();
     let mut conn: Option<Connection> = None;
     let mut next_try = Instant::now();
     let mut finishing: Option<Instant> = None;
@@ -343,21 +343,14 @@ fn send_loop(c: &ClientConfig, hello: Status, rx: &Receiver<Msg>) {
             Some(_) => Duration::from_millis(200),
             None => RETRY,
         };
-        match rx.recv_timeout(wait) {
-            Ok(Msg::Line(s)) => {
-                if pending.len() == PENDING_MAX {
-                    pending.pop_front();
-                }
-                pending.push_back(s);
-            }
-            Ok(Msg::Finish) | Err(RecvTimeoutError::Disconnected) => {
-                finishing.get_or_insert_with(|| Instant::now() + FLUSH);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        while let Ok(msg) = rx.try_recv() {
+        let first = match rx.recv_timeout(wait) {
+            Ok(msg) => Some(msg),
+            Err(RecvTimeoutError::Disconnected) => Some(Msg::Finish),
+            Err(RecvTimeoutError::Timeout) => None,
+        };
+        for msg in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match msg {
-                Msg::Line(s) => pending.push_back(s),
+                Msg::Line(s) => queue.push(s),
                 Msg::Finish => {
                     finishing.get_or_insert_with(|| Instant::now() + FLUSH);
                 }
@@ -374,25 +367,67 @@ fn send_loop(c: &ClientConfig, hello: Status, rx: &Receiver<Msg>) {
             }
         }
         if let Some(live) = conn.as_mut() {
-            while let Some(s) = pending.front() {
+            while let Some(s) = queue.front() {
                 if let Err(e) = live.write_frame(&Frame::Status(s.clone())) {
                     debug!("status connection lost: {e}");
                     conn = None;
                     break;
                 }
-                pending.pop_front();
+                queue.pop();
             }
         }
         if let Some(deadline) = finishing {
-            if pending.is_empty() || Instant::now() >= deadline {
-                if !pending.is_empty() {
-                    warn!("{} status lines not delivered to the golden node", pending.len());
+            if queue.is_empty() || Instant::now() >= deadline {
+                if !queue.is_empty() {
+                    warn!("{} status lines not delivered to the golden node", queue.len());
                 }
                 return;
             }
             // Try again sooner while finishing.
             next_try = next_try.min(Instant::now() + Duration::from_millis(500));
         }
+    }
+}
+
+/// The lines waiting for the status connection. The last word (done, or
+/// failed and why) always leaves last: a line logged after it (the reporter's
+/// own failed try to connect, the report to the next session) must not make
+/// a finished node look running again, and then lost when its connection
+/// closes.
+#[derive(Default)]
+struct Outbox {
+    lines: VecDeque<Status>,
+    last_word: Option<Status>,
+}
+
+impl Outbox {
+    fn push(&mut self, s: Status) {
+        if matches!(s.state, NodeState::Done | NodeState::Failed) {
+            self.last_word = Some(s);
+            return;
+        }
+        if self.lines.len() == PENDING_MAX {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(s);
+    }
+
+    fn front(&self) -> Option<&Status> {
+        self.lines.front().or(self.last_word.as_ref())
+    }
+
+    fn pop(&mut self) {
+        if self.lines.pop_front().is_none() {
+            self.last_word = None;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.last_word.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len() + usize::from(self.last_word.is_some())
     }
 }
 
@@ -468,6 +503,23 @@ impl tracing::field::Visit for MessageOf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_word_leaves_last() {
+        let line = |state, text: &str| Status { state, step: "plan".into(), text: text.into() };
+        let mut out = Outbox::default();
+        out.push(line(NodeState::Running, "checking"));
+        out.push(line(NodeState::Failed, "plan refused"));
+        out.push(line(NodeState::Running, "server not reachable"));
+        assert_eq!(out.len(), 3);
+        let mut sent = Vec::new();
+        while let Some(s) = out.front() {
+            sent.push(s.text.clone());
+            out.pop();
+        }
+        assert_eq!(sent, ["checking", "server not reachable", "plan refused"]);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn utc_dates() {
