@@ -421,7 +421,7 @@ mod tests {
     }
 
     /// Frames begun without waiting and finished later, on a sealed
-    /// connection whose reader is slower than its writer: every byte and every tag arrive
+    /// connection whose reader starts late: every byte and every tag arrive
     /// in order.
     #[test]
     fn frames_the_socket_took_in_part_are_finished_whole_and_sealed() {
@@ -434,16 +434,22 @@ mod tests {
         r.seal(key, End::Connector);
         let mut writer = w.writer().unwrap();
         let chunks: Vec<Arc<Vec<u8>>> = (0..64u8).map(|i| Arc::new(vec![i; CHUNK])).collect();
+        let (cut, first_cut) = std::sync::mpsc::channel();
         let sending = std::thread::spawn(move || {
             let mut partial = 0;
             for c in &chunks {
                 if let Some(rest) = writer.try_write_data(c).unwrap() {
                     partial += 1;
+                    let _ = cut.send(());
                     writer.finish_frame(rest).unwrap();
                 }
             }
+            let _ = cut.send(());
             partial
         });
+        // Nothing is read before a frame is cut (or all were sent whole): a
+        // reader as fast as the writer could otherwise keep every frame whole.
+        first_cut.recv().unwrap();
         for i in 0..64u8 {
             assert_eq!(r.read_frame().unwrap(), Some(Frame::Data(vec![i; CHUNK])), "frame {i}");
         }

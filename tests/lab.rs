@@ -49,12 +49,16 @@ fn dump(lab: &Lab) -> String {
             &format!("--- {f}\n{}\n", std::fs::read_to_string(lab.config.work.join(f)).unwrap_or_default());
     }
     for name in &lab.names {
-        let serial =
-            std::fs::read_to_string(lab.config.work.join(format!("{name}.serial"))).unwrap_or_default();
-        let tail: Vec<&str> = serial.lines().rev().take(40).collect();
-        out += &format!("--- {name} console (last lines)\n");
-        for l in tail.iter().rev() {
-            out += &format!("{l}\n");
+        for (what, path) in [
+            ("console", lab.config.work.join(format!("{name}.serial"))),
+            ("status log", lab.logs.join(format!("{name}.log"))),
+        ] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out += &format!("--- {name} {what} (last lines)\n");
+            for l in tail.iter().rev() {
+                out += &format!("{l}\n");
+            }
         }
     }
     out
@@ -125,7 +129,7 @@ fn a_vm_killed_mid_transfer_is_named_and_the_others_boot_their_clones() {
     lab.vm(0).kill();
     let outcome = lab.wait_clone(Instant::now() + INSTALL).unwrap();
     assert_eq!(outcome.code, Some(2), "{}\n{}", outcome.table, dump(&lab));
-    assert!(outcome.table.contains("2 of 3 nodes cloned"), "{}", outcome.table);
+    assert!(outcome.table.contains("2 of 3 nodes cloned"), "{}\n{}", outcome.table, dump(&lab));
     let dead = outcome.table.lines().find(|l| l.starts_with("node01")).unwrap_or("");
     assert!(dead.contains("FAILED"), "{}", outcome.table);
     let boots = lab.wait_boots(Instant::now() + BOOT);

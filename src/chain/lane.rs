@@ -77,7 +77,11 @@ impl Lane {
     }
 
     /// Hands the claimed child to the producer and waits for it to come back:
-    /// its socket was full, a write failed, or the stream ended here.
+    /// its socket was full, a write failed, or the stream ended here. A child
+    /// with chunks waiting in the ring comes back at once, for its thread to
+    /// write them first: the producer writes a lent child only after a push,
+    /// and when its upstream stalls (dead, until the server reattaches this
+    /// node) no push comes to carry them.
     pub fn lend(&self, mut reader: RingReader, child: FrameWriter) -> Lent {
         let lent = |reader, child| Lent { reader, child, sent: 0, pending: None, error: None, closed: false };
         let mut st = self.lock();
@@ -88,8 +92,12 @@ impl Lane {
         if st.closed {
             return Lent { closed: true, ..lent(reader, child) };
         }
+        // Checked under the lane's lock: a push from now on is followed by
+        // a `drive` that waits for this lock, and finds the child lent.
+        if !reader.drive_if_caught_up() {
+            return lent(reader, child);
+        }
         st.socket = child.stream().try_clone().ok();
-        reader.set_driven(true);
         st.lent = Some(lent(reader, child));
         loop {
             if let Some(mut back) = st.returned.take() {
@@ -144,6 +152,11 @@ impl Lane {
         }
     }
 
+    #[cfg(test)]
+    fn is_lent(&self) -> bool {
+        self.lock().lent.is_some()
+    }
+
     fn give_back(&self, lent: Lent) {
         let mut st = self.lock();
         st.returned = Some(lent);
@@ -160,27 +173,35 @@ mod tests {
     use crate::connection::Connection;
     use crate::protocol::{End, Frame};
     use std::net::TcpListener;
-    use std::sync::Arc;
+    use std::sync::{mpsc, Arc};
     use std::thread;
+    use std::time::Duration;
 
     const CHUNKS: u8 = 100;
     const CHUNK: usize = 1000;
 
-    /// A child on loopback that reads data frames until the end or an error;
-    /// and the writer that sends to it.
-    fn child() -> (FrameWriter, thread::JoinHandle<Vec<u8>>) {
+    /// A child on loopback that reads data frames until the end or an error,
+    /// saying how many bytes it has after each; and the writer that sends to it.
+    fn child_with_progress() -> (FrameWriter, thread::JoinHandle<Vec<u8>>, mpsc::Receiver<usize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let (progress, progress_rx) = mpsc::channel();
         let reading = thread::spawn(move || {
             let mut conn = Connection::new(TcpStream::connect(addr).unwrap()).unwrap();
             let mut got = Vec::new();
             while let Ok(Some(Frame::Data(bytes))) = conn.read_frame() {
                 got.extend_from_slice(&bytes);
+                let _ = progress.send(got.len());
             }
             got
         });
         let (stream, _) = listener.accept().unwrap();
-        (Connection::new(stream).unwrap().writer().unwrap(), reading)
+        (Connection::new(stream).unwrap().writer().unwrap(), reading, progress_rx)
+    }
+
+    fn child() -> (FrameWriter, thread::JoinHandle<Vec<u8>>) {
+        let (writer, reading, _) = child_with_progress();
+        (writer, reading)
     }
 
     /// The producer pushes and drives every chunk from `from` on.
@@ -213,7 +234,7 @@ mod tests {
         // for its reader, before or after the lending.
         ring.push(vec![0; CHUNK]).unwrap();
         ring.push(vec![1; CHUNK]).unwrap();
-        let (done_tx, done) = std::sync::mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
         let producing = {
             let (ring, lane) = (Arc::clone(&ring), Arc::clone(&lane));
             thread::spawn(move || {
@@ -226,9 +247,42 @@ mod tests {
             let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
             thread::spawn(move || crate::chain::forward_through(&lane, reader, writer))
         };
-        done.recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the producer is stuck on its lent child");
+        done.recv_timeout(Duration::from_secs(30)).expect("the producer is stuck on its lent child");
         producing.join().unwrap();
+        ring.finish(complete());
+        assert_eq!(forwarding.join().unwrap(), Ok(stream().len() as u64));
+        assert_eq!(reading.join().unwrap(), stream());
+    }
+
+    /// The upstream stalls (it died; the server has not reattached this node
+    /// yet) right after chunks the child has not had: they must still reach
+    /// it, although no push comes to drive them.
+    #[test]
+    fn chunks_held_when_the_child_is_lent_reach_it_while_the_upstream_stalls() {
+        // A window of four chunks: the three pushed before the child comes fit.
+        let ring = Ring::new(8 * CHUNK, 1);
+        let lane = Arc::new(Lane::new());
+        for i in 0..3 {
+            ring.push(vec![i; CHUNK]).unwrap();
+            lane.drive();
+        }
+        let (writer, reading, progress) = child_with_progress();
+        let forwarding = {
+            let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
+            thread::spawn(move || crate::chain::forward_through(&lane, reader, writer))
+        };
+        // No push until the child has the three chunks.
+        let mut got = 0;
+        while got < 3 * CHUNK {
+            got = progress
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the held chunks never reached the child");
+        }
+        for i in 3..CHUNKS {
+            ring.push(vec![i; CHUNK]).unwrap();
+            lane.drive();
+        }
+        lane.close();
         ring.finish(complete());
         assert_eq!(forwarding.join().unwrap(), Ok(stream().len() as u64));
         assert_eq!(reading.join().unwrap(), stream());
@@ -251,7 +305,11 @@ mod tests {
             let (lane, reader) = (Arc::clone(&lane), ring.reader(0));
             thread::spawn(move || lane.lend(reader, writer))
         };
-        let (done_tx, done) = std::sync::mpsc::channel();
+        // Lent with nothing held: from now on only the producer writes it.
+        while !lane.is_lent() {
+            thread::yield_now();
+        }
+        let (done_tx, done) = mpsc::channel();
         let producing = {
             let (ring, lane) = (Arc::clone(&ring), Arc::clone(&lane));
             thread::spawn(move || {
@@ -262,7 +320,7 @@ mod tests {
                 let _ = done_tx.send(());
             })
         };
-        done.recv_timeout(std::time::Duration::from_secs(30)).expect("the producer waited on a full socket");
+        done.recv_timeout(Duration::from_secs(30)).expect("the producer waited on a full socket");
         producing.join().unwrap();
         lane.close();
         let back = lending.join().unwrap();

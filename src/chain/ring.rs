@@ -262,6 +262,20 @@ impl Ring {
         Some(chunk)
     }
 
+    /// Marks the reader driven if it has taken every chunk held: see
+    /// [`RingReader::drive_if_caught_up`].
+    fn drive_if_caught_up(&self, id: usize) -> bool {
+        let mut st = self.lock();
+        let pos = st.readers[id].next;
+        if pos.checked_sub(st.base).is_some_and(|i| (i as usize) < st.chunks.len()) {
+            return false;
+        }
+        st.readers[id].driven = true;
+        drop(st);
+        self.space.notify_all();
+        true
+    }
+
     fn set_driven(&self, id: usize, driven: bool) {
         let mut st = self.lock();
         st.readers[id].driven = driven;
@@ -355,6 +369,13 @@ impl RingReader {
     /// See [`ReaderState::driven`].
     pub(crate) fn set_driven(&mut self, driven: bool) {
         self.ring.set_driven(self.id, driven)
+    }
+
+    /// Becomes driven only if no chunk is waiting for it: the producer
+    /// writes a driven reader's chunks after each push, so a chunk already
+    /// there when it became driven would wait for the next push.
+    pub(crate) fn drive_if_caught_up(&mut self) -> bool {
+        self.ring.drive_if_caught_up(self.id)
     }
 }
 
