@@ -87,6 +87,9 @@ const CHAIN_ARGS_ENV: &str = "KACAST_RACK_CHAIN_ARGS";
 /// Another kacast binary (an earlier commit's build), run as the `baseline`
 /// tool beside this one's chain: a data-plane change measured side by side.
 const BASELINE_ENV: &str = "KACAST_RACK_BASELINE";
+/// The TCP congestion control of every host of the rack (`cubic`, `bbr`),
+/// set in each namespace; unset, the namespaces inherit this machine's.
+const CC_ENV: &str = "KACAST_RACK_CC";
 /// How long a star puller keeps trying to connect while its server starts.
 const CONNECT_FOR: Duration = Duration::from_secs(20);
 
@@ -272,6 +275,10 @@ fn run() -> Result<()> {
         Ok(extra) => format!("{CHAIN_ARGS_ENV}='{extra}' {command}"),
         Err(_) => command,
     };
+    let command = match std::env::var(CC_ENV) {
+        Ok(cc) => format!("{CC_ENV}={cc} {command}"),
+        Err(_) => command,
+    };
     let mut doc = std::fs::read_to_string(DOC).unwrap_or_default();
     if opts.relay {
         let section = relay_scenario(&opts, &command)?;
@@ -362,6 +369,12 @@ impl Net {
             sh("ip", &["-n", h, "link", "set", "eth0", "up"])?;
             // udpcast's multicast goes out of eth0, the only interface.
             sh("ip", &["-n", h, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+            if let Ok(cc) = std::env::var(CC_ENV) {
+                let setting = format!("net.ipv4.tcp_congestion_control={cc}");
+                sh("ip", &["netns", "exec", h, "sysctl", "-q", "-w", &setting]).with_context(|| {
+                    format!("{CC_ENV}={cc}: a namespace may use it only if net.ipv4.tcp_allowed_congestion_control lists it")
+                })?;
+            }
         }
         Ok(net)
     }
@@ -736,10 +749,13 @@ fn one_run(
             (done.iter().copied().reduce(f64::min), done.iter().copied().reduce(f64::max))
         {
             if n > 1 {
+                let each: Vec<String> = done.iter().map(|d| format!("{d:.3}")).collect();
                 eprintln!(
-                    "bench rack: {} N={n}: first node done {first:.3} s after the start, last {last:.3} s ({:.1} ms per hop)",
+                    "bench rack: {} N={n}: first node done {first:.3} s after the start, last {last:.3} s \
+                     ({:.1} ms per hop; in chain order {})",
                     tool.name(),
-                    (last - first) * 1000.0 / (n - 1) as f64
+                    (last - first) * 1000.0 / (n - 1) as f64,
+                    each.join(" ")
                 );
             }
         }
