@@ -27,3 +27,12 @@ pub fn wait_any(fds: &[RawFd], timeout: Duration) -> Option<usize> {
         }
     }
 }
+
+/// Sends on `stream` with the TCP congestion control `name` (`cubic`, `bbr`).
+/// The chain's hops are one bulk flow each over links of equal rate, where
+/// a hop never makes up the time its link idled: BBR's periodic ProbeRTT
+/// (200 ms at a 4-segment window every 10 s) costs every hop that time,
+/// while a loss-based control keeps the link full (docs/PERFORMANCE.md).
+pub fn set_congestion(stream: &std::net::TcpStream, name: &str) -> std::io::Result<()> {
+    socket2::SockRef::from(stream).set_tcp_congestion(name.as_bytes())
+}

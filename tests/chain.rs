@@ -245,3 +245,51 @@ fn a_session_whose_nodes_all_report_only_ends_without_its_input() {
     assert_eq!(report.exit_code(), 0);
     assert!(report.source_error.is_none());
 }
+
+/// Every hop sends with the chain's congestion control (`--congestion`), on
+/// the server and on the relaying node alike: `ss` shows it on both sending
+/// sockets while the stream flows.
+#[test]
+fn every_hop_sends_with_the_sessions_congestion_control() {
+    let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control").unwrap_or_default();
+    // Reno is built into every Linux kernel and allowed to any user; it must
+    // differ from the default for the check to mean anything.
+    if system.trim() == "reno" {
+        return skip("this host's default congestion control is reno already");
+    }
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        return skip("no ss (iproute2)");
+    }
+    let mut config = loopback_server("congestion", 2);
+    config.congestion = Some("reno".into());
+    // Long enough to watch: 48 MiB at 16 MiB/s.
+    config.max_rate = Some(16 << 20);
+    let server = Server::bind(config).unwrap();
+    let clients = spawn_clients("congestion", server.control_addr(), vec![Sink::Discard, Sink::Discard]);
+    let run = thread::spawn(move || server.run(Input::Reader(Box::new(Cursor::new(vec![5u8; 48 << 20])))));
+    // Sockets of this process that have sent over a MiB with reno.
+    let reno_senders = || {
+        let out = std::process::Command::new("ss").args(["-tniOp", "state", "established"]).output().unwrap();
+        let me = format!("pid={},", std::process::id());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&me) && l.split_whitespace().any(|w| w == "reno"))
+            .filter(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("bytes_sent:"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| n > 1 << 20)
+            })
+            .count()
+    };
+    let mut seen = 0;
+    while seen < 2 && !run.is_finished() {
+        seen = seen.max(reno_senders());
+    }
+    let report = run.join().unwrap().unwrap();
+    for c in clients {
+        assert!(c.join().unwrap().unwrap().ok());
+    }
+    assert_eq!(report.exit_code(), 0);
+    assert_eq!(seen, 2, "the server's and the relaying node's sockets must both send with reno");
+}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kacast::protocol::{Frame, Header, Hello, Kind, Role, HEADER_LEN, MAGIC};
+use kacast::protocol::{Frame, Header, Hello, Kind, Role, HEADER_LEN, MAGIC, VERSION};
 use kacast::session::Server;
 
 fn free_port() -> u16 {
@@ -178,7 +178,7 @@ fn garbage_and_version_mismatch_are_refused_and_the_session_goes_on() {
     .encode();
     old[HEADER_LEN + MAGIC.len()..HEADER_LEN + MAGIC.len() + 2].copy_from_slice(&99u16.to_be_bytes());
     let why = refusal_for(addr, &old);
-    assert!(why.contains("peer speaks version 99, this kacast speaks version 2"), "{why}");
+    assert!(why.contains(&format!("peer speaks version 99, this kacast speaks version {VERSION}")), "{why}");
 
     let mut huge = Header::encode(Kind::Hello, 0).to_vec();
     huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -308,6 +308,9 @@ fn bad_command_lines_name_the_problem() {
     .output()
     .unwrap();
     assert!(text(&o).contains("--arity must be 1 to 4, not 7"), "{}", text(&o));
+    let o =
+        kacast(&["server", "-s", "x", "-n", "1", "-e", "true", "--congestion", "cu bic"]).output().unwrap();
+    assert!(text(&o).contains("--congestion \"cu bic\": not a TCP congestion control name"), "{}", text(&o));
     let o = kacast(&["server", "-s", "x", "-n", "1", "-e", "true", "--buffer", "12Q"]).output().unwrap();
     assert!(text(&o).contains("invalid size '12Q'"), "{}", text(&o));
     let o = kacast(&["client", "-s", "x", "--server", "h:port", "--discard"]).output().unwrap();

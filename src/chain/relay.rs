@@ -60,6 +60,9 @@ pub struct RelayConfig {
     /// The producer's cut-through to the first child that connects for the
     /// live stream.
     pub lane: Arc<Lane>,
+    /// The TCP congestion control to send to children with (see
+    /// [`crate::net::set_congestion`]); `None` keeps the host's default.
+    pub congestion: Option<String>,
 }
 
 struct Shared {
@@ -69,6 +72,9 @@ struct Shared {
     chunk_size: usize,
     fallback: Option<Fallback>,
     lane: Arc<Lane>,
+    congestion: Option<String>,
+    /// The congestion control could not be set: said once, not per child.
+    congestion_warned: AtomicBool,
     state: Mutex<RelayState>,
     stop: AtomicBool,
 }
@@ -108,6 +114,8 @@ impl Relay {
             fallback: config.fallback,
             key: config.key,
             lane: config.lane,
+            congestion: config.congestion,
+            congestion_warned: AtomicBool::new(false),
             state: Mutex::new(RelayState {
                 pending: children.into_iter().map(|c| (c.node_id, c.reader)).collect(),
                 ..Default::default()
@@ -202,6 +210,13 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
     auth::accept(&mut conn, shared.key.as_ref(), nonce)
         .map_err(|e| format!("node {node_id}: {e}: dropped"))?;
     let _ = conn.set_read_timeout(None);
+    if let Some(cc) = &shared.congestion {
+        if let Err(e) = crate::net::set_congestion(conn.stream(), cc) {
+            if !shared.congestion_warned.swap(true, Ordering::Relaxed) {
+                warn!("cannot send with TCP congestion control '{cc}' ({e}): keeping this host's default");
+            }
+        }
+    }
     let mut writer = conn.writer().map_err(|e| e.to_string())?;
     let socket = conn.stream().try_clone().map_err(|e| e.to_string())?;
     let reader = {

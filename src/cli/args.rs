@@ -195,6 +195,10 @@ pub struct ServeArgs {
     /// Seconds after which a silent or stalling node is declared dead and bypassed
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// TCP congestion control of every hop of the chain; "system" keeps each
+    /// host's default (BBR's periodic ProbeRTT idles every hop: see docs/PERFORMANCE.md)
+    #[arg(long, default_value = kacast::session::DEFAULT_CONGESTION, value_name = "NAME")]
+    pub congestion: String,
 }
 
 #[derive(Args)]

@@ -16,6 +16,8 @@ const MAX_SESSION: usize = 64;
 const MAX_REASON: usize = 4096;
 /// A node relays to at most this many children (`--arity` 1..4, with room to grow).
 const MAX_CHILDREN: usize = 64;
+/// Linux's `TCP_CA_NAME_MAX` is 16, with its terminating NUL.
+const MAX_CONGESTION: usize = 15;
 
 /// Frame kinds, grouped by the connection they travel on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +224,9 @@ pub struct Assign {
     pub source: SocketAddr,
     /// Stream length when the server knows it (a file input), for progress.
     pub stream_len: Option<u64>,
+    /// The TCP congestion control this node sends to its children with;
+    /// `None` keeps the node's default.
+    pub congestion: Option<String>,
 }
 
 /// A node's outcome, sent once on its control connection.
@@ -389,7 +394,8 @@ impl Frame {
                     u64::MAX => None,
                     n => Some(n),
                 };
-                Frame::Assign(Assign { index, total, upstream, children, source, stream_len })
+                let congestion = Some(f.string("congestion", MAX_CONGESTION)?).filter(|c| !c.is_empty());
+                Frame::Assign(Assign { index, total, upstream, children, source, stream_len, congestion })
             }
             Kind::Progress => Frame::Progress {
                 received: f.u64("received")?,
@@ -487,6 +493,7 @@ impl Frame {
                 children: vec![4, 5],
                 source: "10.0.0.1:1".parse().unwrap(),
                 stream_len: Some(10),
+                congestion: Some("cubic".into()),
             }),
             Frame::Assign(Assign {
                 index: 1,
@@ -495,6 +502,7 @@ impl Frame {
                 children: vec![],
                 source: "[fe80::1]:2".parse().unwrap(),
                 stream_len: None,
+                congestion: None,
             }),
             Frame::Progress { received: u64::MAX - 1, written: 3, idle_ms: 9 },
             Frame::Reattach { upstream: "192.168.1.2:40000".parse().unwrap() },
@@ -561,6 +569,7 @@ impl Frame {
                 }
                 put_socket_addr(&mut p, a.source);
                 p.extend_from_slice(&a.stream_len.unwrap_or(u64::MAX).to_be_bytes());
+                put_string(&mut p, a.congestion.as_deref().unwrap_or(""), MAX_CONGESTION);
             }
             Frame::Progress { received, written, idle_ms } => {
                 p.extend_from_slice(&received.to_be_bytes());

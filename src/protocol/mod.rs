@@ -25,7 +25,7 @@ pub const MAGIC: [u8; 6] = *b"KACAST";
 
 /// Bumped on any incompatible change of a frame layout. Peers of another version
 /// are refused with both numbers in the message.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// Control frames carry names and reasons only; 64 KiB is far above any real one
 /// and small enough to buffer without thought.

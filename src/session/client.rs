@@ -206,7 +206,7 @@ impl Client {
             }
         };
         let started = Instant::now();
-        let Assign { index, total, upstream, children, source, .. } = assign;
+        let Assign { index, total, upstream, children, source, congestion, .. } = assign;
         info!("position {index}/{total}: upstream {upstream}, {} children", children.len());
 
         let ring = Ring::new(c.buffer, children.len() + 1);
@@ -234,6 +234,7 @@ impl Client {
                     fallback: None,
                     key: c.key.clone(),
                     lane: Arc::clone(&lane),
+                    congestion,
                 },
             )
             .context(|| "start relay".into())?,

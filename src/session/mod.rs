@@ -22,6 +22,6 @@ pub use discovery::{discover, DiscoveryResponder};
 pub use input::{Input, Reopen};
 pub use order::{read_node_file, tree_parent, Order};
 pub use report::{NodeResult, SessionReport};
-pub use server::{Server, ServerConfig};
+pub use server::{Server, ServerConfig, DEFAULT_CONGESTION};
 pub use stats::Stats;
 pub use status::{StatusBoard, StatusLayer, StatusReporter};

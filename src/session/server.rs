@@ -62,7 +62,16 @@ pub struct ServerConfig {
     /// shared by the install's sessions, so a node's status connection
     /// outlives the session it was opened in.
     pub status: Option<Arc<StatusBoard>>,
+    /// `--congestion`: the TCP congestion control every hop of the chain
+    /// sends with (the server's and each node's sockets to their children);
+    /// `None` keeps each host's default.
+    pub congestion: Option<String>,
 }
+
+/// The chain's default congestion control: loss-based, so a hop's link stays
+/// full; BBR, the default of some hosts, idles every hop for its ProbeRTT
+/// (see [`crate::net::set_congestion`]).
+pub const DEFAULT_CONGESTION: &str = "cubic";
 
 impl ServerConfig {
     pub fn new(session: impl Into<String>) -> ServerConfig {
@@ -83,6 +92,7 @@ impl ServerConfig {
             max_rate: None,
             timeout: DEFAULT_TIMEOUT,
             status: None,
+            congestion: Some(DEFAULT_CONGESTION.to_string()),
         }
     }
 
@@ -300,6 +310,7 @@ impl Server {
             fallback: input.reread,
             key: self.config.key.clone(),
             lane: Arc::clone(&lane),
+            congestion: self.config.congestion.clone(),
         };
         let relay = Relay::start(data, Arc::clone(&ring), links, relay_config)
             .context(|| "start the server's relay".into())?;
@@ -320,6 +331,7 @@ impl Server {
                 children,
                 source: SocketAddr::new(member.server_ip, st.data_port),
                 stream_len: input.len,
+                congestion: self.config.congestion.clone(),
             };
             let id = member.id;
             if let Err(e) = st.members[m].writer.write_frame(&Frame::Assign(assign)) {
