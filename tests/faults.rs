@@ -284,13 +284,19 @@ fn a_node_killed_before_the_stream_reaches_it() {
     rack.finish(&[3]);
 }
 
+/// Stops node `victim` of `n` a quarter into the stream: it is bypassed once
+/// silent for the timeout, and the others get the whole stream.
+fn stop_and_bypass(n: usize, buffer: &str, victim: usize) {
+    let rack = Rack::start(n, buffer, |_, _| None);
+    rack.wait_written(victim, SIZE / 4);
+    rack.signal(victim, libc::SIGSTOP);
+    let (ko, _) = rack.finish(&[victim]);
+    assert!(ko.contains(&format!("silent for {TIMEOUT}s")), "{ko}");
+}
+
 #[test]
 fn a_stopped_node_is_bypassed_after_the_timeout() {
-    let rack = Rack::start(6, "8M", |_, _| None);
-    rack.wait_written(3, SIZE / 4);
-    rack.signal(3, libc::SIGSTOP);
-    let (ko, _) = rack.finish(&[3]);
-    assert!(ko.contains(&format!("silent for {TIMEOUT}s")), "{ko}");
+    stop_and_bypass(6, "8M", 3);
 }
 
 #[test]
@@ -401,9 +407,5 @@ fn the_first_node_stopped_is_bypassed_and_the_rest_finish() {
     // The server's only reader is then cut off, and with a small buffer the
     // second node resumes from a re-read of the input: the server must go on
     // pumping without readers, or that node never gets the end of the stream.
-    let rack = Rack::start(3, "4M", |_, _| None);
-    rack.wait_written(1, SIZE / 4);
-    rack.signal(1, libc::SIGSTOP);
-    let (ko, _) = rack.finish(&[1]);
-    assert!(ko.contains(&format!("silent for {TIMEOUT}s")), "{ko}");
+    stop_and_bypass(3, "4M", 1);
 }

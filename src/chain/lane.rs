@@ -102,7 +102,7 @@ impl Lane {
         loop {
             if let Some(mut back) = st.returned.take() {
                 drop(st);
-                back.reader.set_driven(false);
+                back.reader.undrive();
                 return back;
             }
             st = self.back.wait(st).unwrap_or_else(|p| p.into_inner());

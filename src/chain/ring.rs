@@ -262,27 +262,20 @@ impl Ring {
         Some(chunk)
     }
 
-    /// Marks the reader driven if it has taken every chunk held: see
-    /// [`RingReader::drive_if_caught_up`].
-    fn drive_if_caught_up(&self, id: usize) -> bool {
+    /// Marks the reader driven or not; it becomes driven only if no chunk
+    /// is waiting for it (see [`RingReader::drive_if_caught_up`]). Returns
+    /// whether it was marked.
+    fn set_driven(&self, id: usize, driven: bool) -> bool {
         let mut st = self.lock();
-        let pos = st.readers[id].next;
-        if pos.checked_sub(st.base).is_some_and(|i| (i as usize) < st.chunks.len()) {
+        if driven && st.held_for(id).is_some() {
             return false;
         }
-        st.readers[id].driven = true;
-        drop(st);
-        self.space.notify_all();
-        true
-    }
-
-    fn set_driven(&self, id: usize, driven: bool) {
-        let mut st = self.lock();
         st.readers[id].driven = driven;
         drop(st);
         // A producer waiting on other readers re-checks with this one counted
         // or not.
         self.space.notify_all();
+        true
     }
 
     /// The reader leaves: it no longer holds back the producer.
@@ -312,10 +305,15 @@ impl State {
     /// Reader `id`'s next chunk, if the ring holds it, and moves the reader
     /// past it.
     fn take(&mut self, id: usize) -> Option<Chunk> {
-        let pos = self.readers[id].next;
-        let chunk = Arc::clone(&self.chunks.get(pos.checked_sub(self.base)? as usize)?.bytes);
-        self.readers[id].next = pos + 1;
+        let chunk = Arc::clone(self.held_for(id)?);
+        self.readers[id].next += 1;
         Some(chunk)
+    }
+
+    /// Reader `id`'s next chunk, if the ring holds it.
+    fn held_for(&self, id: usize) -> Option<&Chunk> {
+        let pos = self.readers[id].next;
+        Some(&self.chunks.get(pos.checked_sub(self.base)? as usize)?.bytes)
     }
 
     fn offset_of(&self, seq: u64) -> u64 {
@@ -366,16 +364,17 @@ impl RingReader {
         self.ring.try_next(self.id)
     }
 
-    /// See [`ReaderState::driven`].
-    pub(crate) fn set_driven(&mut self, driven: bool) {
-        self.ring.set_driven(self.id, driven)
+    /// Becomes driven ([`ReaderState::driven`]) only if no chunk is waiting
+    /// for it: the producer writes a driven reader's chunks after each push,
+    /// so a chunk already there when it became driven would wait for the
+    /// next push.
+    pub(crate) fn drive_if_caught_up(&mut self) -> bool {
+        self.ring.set_driven(self.id, true)
     }
 
-    /// Becomes driven only if no chunk is waiting for it: the producer
-    /// writes a driven reader's chunks after each push, so a chunk already
-    /// there when it became driven would wait for the next push.
-    pub(crate) fn drive_if_caught_up(&mut self) -> bool {
-        self.ring.drive_if_caught_up(self.id)
+    /// Back with its child's thread: it holds back the producer again.
+    pub(crate) fn undrive(&mut self) {
+        self.ring.set_driven(self.id, false);
     }
 }
 
