@@ -8,7 +8,7 @@ use std::path::Path;
 use std::thread;
 
 use common::*;
-use kacast::chain::{Sink, CHUNK_SIZE};
+use kacast::chain::{ChunkSize, Sink, CHUNK_SIZE, FAST_PACE, SMALL_CHUNK};
 use kacast::session::{Input, Order, Server, SessionReport};
 
 /// Streams `data` from a server to `n` nodes that each write a file, and checks
@@ -64,7 +64,34 @@ fn thirty_two_nodes() {
 fn two_hundred_mib_through_eight_nodes_with_a_small_buffer() {
     // A 4 MiB buffer is 50 times smaller than the stream: back-pressure, not
     // memory, carries it.
-    stream_to_files("big", 8, pattern(200 << 20, 11), |c| c.buffer = 4 << 20);
+    let report = stream_to_files("big", 8, pattern(200 << 20, 11), |c| c.buffer = 4 << 20);
+    // Loopback is fast, but this machine may be loaded: whatever the pace,
+    // the decision must follow it, and the chunks grow on a large boundary.
+    let chunks = report.chunks;
+    let pace = chunks.measured_mb_s.expect("200 MiB is long enough to measure the pace");
+    assert_eq!(chunks.first, SMALL_CHUNK);
+    match chunks.large_from {
+        Some(at) => assert!(pace * 1e6 >= FAST_PACE && at % CHUNK_SIZE as u64 == 0, "{chunks:?}"),
+        None => assert!(pace * 1e6 < FAST_PACE, "{chunks:?}"),
+    }
+}
+
+#[test]
+fn a_slow_stream_keeps_small_chunks_and_a_fixed_size_is_kept() {
+    // Throttled well under the pace at which large chunks pay.
+    let report = stream_to_files("slow", 2, pattern(40 << 20, 12), |c| {
+        c.buffer = 4 << 20;
+        c.max_rate = Some(16 << 20);
+    });
+    let (chunks, limit) = (report.chunks, 16.0 * 1.048576);
+    assert!(chunks.measured_mb_s.is_some_and(|p| p <= limit * 1.05), "{chunks:?}");
+    assert_eq!((chunks.first, chunks.large_from), (SMALL_CHUNK, None), "{chunks:?}");
+
+    let report = stream_to_files("fixed", 2, pattern(40 << 20, 13), |c| {
+        c.buffer = 4 << 20;
+        c.chunk = ChunkSize::Fixed(100_000);
+    });
+    assert_eq!((report.chunks.first, report.chunks.large_from), (100_000, None), "{:?}", report.chunks);
 }
 
 #[test]

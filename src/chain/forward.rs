@@ -4,6 +4,7 @@ use std::io::Read;
 use std::net::Shutdown;
 use std::time::Duration;
 
+use super::chunking::Chunking;
 use super::lane::Lane;
 use super::ring::{Finish, Next, Ring, RingReader};
 use super::source::fill;
@@ -65,17 +66,18 @@ pub fn forward_through(lane: &Lane, reader: RingReader, child: FrameWriter) -> R
 
 /// Feeds a child from a re-read of the input (the server, when its ring no
 /// longer holds the child's offset). Chunks are cut at the same boundaries as
-/// the live stream, which starts every chunk at a multiple of `chunk_size`.
+/// the live stream: `chunking` is the live stream's.
 pub fn forward_reader(
     mut input: Box<dyn Read + Send>,
     offset: u64,
-    chunk_size: usize,
+    chunking: &Chunking,
     ring: &Ring,
     mut child: FrameWriter,
 ) -> Result<u64, String> {
     let mut sent = 0u64;
-    let mut buf = Vec::with_capacity(chunk_size);
+    let mut buf = Vec::new();
     loop {
+        let chunk_size = chunking.at(offset + sent);
         fill(&mut input, &mut buf, chunk_size)
             .map_err(|e| format!("re-reading the input at {}: {e}", offset + sent))?;
         if buf.is_empty() {

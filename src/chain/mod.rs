@@ -10,6 +10,7 @@
 //! back-pressure through the chain, and memory stays bounded by `--buffer`
 //! whatever the stream length.
 
+mod chunking;
 mod forward;
 mod image;
 mod lane;
@@ -20,17 +21,18 @@ mod sink;
 mod source;
 mod stream;
 
+pub use chunking::{ChunkReport, ChunkSize, Chunking, FAST_PACE, SMALL_CHUNK};
 pub use forward::{forward, forward_reader, forward_through};
 pub use image::ImageSink;
 pub use lane::{Lane, Lent};
 pub use receive::{receive, UpstreamError};
-pub use relay::{ChildLink, Fallback, Relay, RelayConfig};
+pub use relay::{ChildLink, Fallback, Relay, RelayConfig, Reread};
 pub use ring::{Finish, Next, Ring, RingReader};
 pub use sink::{Sink, SinkGuard, SinkOutcome};
 pub use source::{pump, seal};
 pub use stream::{SinkMeter, StreamReader};
 
-/// Size of the chunks the server cuts the stream into, i.e. of every data frame.
+/// Size of the chunks the server cuts a fast stream into (see [`Chunking`]).
 /// Large enough that per-frame costs (a header, a lock, a wake-up) vanish next to
 /// the copy, small enough that the pipeline fills quickly (one chunk per hop) and a
 /// `--buffer` of a few MiB still holds many chunks.

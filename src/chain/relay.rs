@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
+use super::chunking::Chunking;
 use super::forward::{forward, forward_reader, forward_through};
 use super::lane::Lane;
 use super::ring::{Ring, RingReader};
@@ -36,6 +37,13 @@ pub struct ChildLink {
 /// Re-reads the stream from a byte offset when the ring no longer holds it.
 pub type Fallback = Arc<dyn Fn(u64) -> Option<Box<dyn Read + Send>> + Send + Sync>;
 
+/// The server's way to feed a child its ring no longer holds: a re-read of
+/// the input, cut at the live stream's chunk boundaries.
+pub struct Reread {
+    pub open: Fallback,
+    pub chunking: Arc<Chunking>,
+}
+
 /// How the relay to one child ended: bytes sent, or why not.
 pub type ChildOutcome = (u32, Result<u64, String>);
 
@@ -52,9 +60,8 @@ pub struct Relay {
 /// What a relay needs to know besides its ring and children.
 pub struct RelayConfig {
     pub session: String,
-    pub chunk_size: usize,
     /// The server's way to re-read its input; `None` on nodes.
-    pub fallback: Option<Fallback>,
+    pub fallback: Option<Reread>,
     /// The session key: children must prove they hold it.
     pub key: Option<Key>,
     /// The producer's cut-through to the first child that connects for the
@@ -69,8 +76,7 @@ struct Shared {
     session: String,
     key: Option<Key>,
     ring: Arc<Ring>,
-    chunk_size: usize,
-    fallback: Option<Fallback>,
+    fallback: Option<Reread>,
     lane: Arc<Lane>,
     congestion: Option<String>,
     /// The congestion control could not be set: said once, not per child.
@@ -110,7 +116,6 @@ impl Relay {
         let shared = Arc::new(Shared {
             session: config.session,
             ring,
-            chunk_size: config.chunk_size,
             fallback: config.fallback,
             key: config.key,
             lane: config.lane,
@@ -254,10 +259,10 @@ fn serve_child(stream: TcpStream, shared: &Shared) -> Result<Option<ChildOutcome
                 forward(r, writer)
             }
         }
-        None => match shared.fallback.as_ref().and_then(|f| f(offset)) {
-            Some(input) => {
+        None => match shared.fallback.as_ref().and_then(|f| Some((f, (f.open)(offset)?))) {
+            Some((reread, input)) => {
                 info!("node {node_id} resumes at offset {offset}, no longer buffered: re-reading the input");
-                forward_reader(input, offset, shared.chunk_size, &shared.ring, writer)
+                forward_reader(input, offset, &reread.chunking, &shared.ring, writer)
             }
             None => {
                 let reason = format!("offset {offset} is no longer buffered here");

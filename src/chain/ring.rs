@@ -157,10 +157,12 @@ impl Ring {
     }
 
     /// Appends a chunk, waiting while the slowest reader is a window behind, or
-    /// while no reader is attached (one may reattach). Fails once the ring is
+    /// while no reader is attached (one may reattach). Says whether it waited:
+    /// then the readers, not the producer, set the pace. Fails once the ring is
     /// closed with no reader left.
-    pub fn push(&self, chunk: Vec<u8>) -> Result<(), NoReaders> {
+    pub fn push(&self, chunk: Vec<u8>) -> Result<bool, NoReaders> {
         let len = chunk.len();
+        let mut waited = false;
         let mut st = self.lock();
         loop {
             if st.finish.is_some() {
@@ -185,6 +187,7 @@ impl Ring {
                 }
             }
             st.producer_waiting = true;
+            waited = true;
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
             st.producer_waiting = false;
         }
@@ -194,7 +197,7 @@ impl Ring {
         st.chunks.push_back(Stored { offset, bytes: Arc::new(chunk) });
         drop(st);
         self.data.notify_all();
-        Ok(())
+        Ok(waited)
     }
 
     pub fn finish(&self, finish: Finish) {

@@ -3,26 +3,42 @@
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
+use super::chunking::Chunking;
 use super::lane::Lane;
 use super::ring::{Finish, Ring};
 use crate::protocol::End;
 
-/// Reads `input` to its end into `ring` in chunks of `chunk_size`, counting
+/// Reads `input` to its end into `ring` in the chunks `chunking` says, counting
 /// bytes into `sent` and writing each chunk to the `lane`'s child. Returns the
 /// end frame or why it stopped, and leaves the ring open: the caller records
 /// the verdict first and then [`seal`]s the ring, so that no node can report
 /// before the verdict is known.
 pub fn pump(
+    input: impl Read,
+    ring: &Ring,
+    lane: &Lane,
+    chunking: &Chunking,
+    sent: &AtomicU64,
+) -> Result<End, String> {
+    let verdict = cut(input, ring, lane, chunking, sent);
+    // Re-reads waiting for a decision the stream never took go on.
+    chunking.settle();
+    verdict
+}
+
+fn cut(
     mut input: impl Read,
     ring: &Ring,
     lane: &Lane,
-    chunk_size: usize,
+    chunking: &Chunking,
     sent: &AtomicU64,
 ) -> Result<End, String> {
     let mut hasher = blake3::Hasher::new();
     let mut length = 0u64;
     loop {
+        let chunk_size = chunking.next(length);
         let mut buf = ring.alloc(chunk_size);
         match fill(&mut input, &mut buf, chunk_size) {
             Ok(()) => {}
@@ -36,9 +52,10 @@ pub fn pump(
         hasher.update(&buf);
         length += buf.len() as u64;
         let full = buf.len() == chunk_size;
-        if ring.push(buf).is_err() {
+        let Ok(held_back) = ring.push(buf) else {
             return Err("every node has left the chain".to_string());
-        }
+        };
+        chunking.pushed(length, held_back, Instant::now());
         sent.store(length, Ordering::Relaxed);
         lane.drive();
         if !full {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use kacast::auth::Key;
-use kacast::chain::{ImageSink, Sink};
+use kacast::chain::{ChunkSize, ImageSink, Sink};
 use kacast::demo::{self, DemoConfig};
 use kacast::disk::Desc;
 use kacast::session::{self, Client, ClientConfig, Input, Server, ServerConfig};
@@ -161,6 +161,20 @@ fn status(a: StatusArgs) -> Result<i32> {
     Ok(if failed { 2 } else { 0 })
 }
 
+/// `--chunk auto|SIZE`.
+fn chunk_size(arg: &str) -> Result<ChunkSize> {
+    if arg == "auto" {
+        return Ok(ChunkSize::Auto);
+    }
+    let size =
+        usize::try_from(parse_size(arg).with_context(|| format!("--chunk {arg}: not auto or a size"))?)
+            .context("--chunk is too large")?;
+    if size < 1024 {
+        bail!("--chunk {arg}: chunks under 1K cost more in frames than they save");
+    }
+    Ok(ChunkSize::Fixed(size))
+}
+
 fn seconds(v: f64, option: &str) -> Result<Duration> {
     Duration::try_from_secs_f64(v).with_context(|| format!("invalid {option} {v}"))
 }
@@ -192,10 +206,7 @@ fn server(a: ServerArgs) -> Result<i32> {
     c.start_after = a.start_after.map(|s| seconds(s, "--start-after")).transpose()?;
     serve(&a.serve, &mut c)?;
     c.buffer = buffer(&a.buffer)?;
-    c.chunk_size = usize::try_from(parse_size(&a.chunk)?).context("--chunk is too large")?;
-    if c.chunk_size < 1024 {
-        bail!("--chunk {}: chunks under 1K cost more in frames than they save", a.chunk);
-    }
+    c.chunk = chunk_size(&a.chunk)?;
     c.max_rate = a.max_rate.as_deref().map(parse_size).transpose()?;
     c.slow_after = Some(seconds(a.slow_after, "--slow-after")?).filter(|d| !d.is_zero());
     let server = Server::bind(c)?;

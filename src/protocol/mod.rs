@@ -31,7 +31,7 @@ pub const VERSION: u16 = 3;
 /// and small enough to buffer without thought.
 pub const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
 
-/// Data frames carry one chunk of the stream. Senders use [`crate::chain::CHUNK_SIZE`];
+/// Data frames carry one chunk of the stream. Senders use at most [`crate::chain::CHUNK_SIZE`];
 /// receivers accept up to 4 MiB so a future sender may use larger chunks without a
 /// version bump, while a hostile length still cannot make us allocate more.
 pub const MAX_DATA_PAYLOAD: u32 = 4 * 1024 * 1024;

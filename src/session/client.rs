@@ -18,7 +18,7 @@ use super::discovery::discover;
 use crate::auth::{self, Key};
 use crate::chain::{
     receive, ChildLink, Finish, Lane, Relay, RelayConfig, Ring, Sink, SinkGuard, SinkMeter, SinkOutcome,
-    StreamReader, UpstreamError, CHUNK_SIZE, DEFAULT_BUFFER,
+    StreamReader, UpstreamError, DEFAULT_BUFFER,
 };
 use crate::connection::{Connection, FrameWriter};
 use crate::error::{Error, IoContext, Result};
@@ -230,7 +230,6 @@ impl Client {
                 links,
                 RelayConfig {
                     session: c.session.clone(),
-                    chunk_size: CHUNK_SIZE,
                     fallback: None,
                     key: c.key.clone(),
                     lane: Arc::clone(&lane),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::chain::ChunkReport;
 use crate::error::{IoContext, Result};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -42,6 +43,8 @@ pub struct SessionReport {
     pub transfer_s: f64,
     /// From the last byte sent until the last node reported: the pipeline drain.
     pub pipeline_emptied_s: f64,
+    /// How the stream was cut into chunks (`--chunk`).
+    pub chunks: ChunkReport,
     pub nodes: Vec<NodeResult>,
 }
 

@@ -22,7 +22,9 @@ use super::report::{secs, NodeResult, SessionReport};
 use super::stats::Stats;
 use super::status::StatusBoard;
 use crate::auth::Key;
-use crate::chain::{pump, seal, ChildLink, Lane, Relay, RelayConfig, Ring, CHUNK_SIZE, DEFAULT_BUFFER};
+use crate::chain::{
+    pump, seal, ChildLink, ChunkSize, Chunking, Lane, Relay, RelayConfig, Reread, Ring, DEFAULT_BUFFER,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::net::wait_any;
 use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
@@ -41,7 +43,8 @@ pub struct ServerConfig {
     pub arity: usize,
     /// `--buffer`: bytes of stream held per process; bounds memory.
     pub buffer: usize,
-    pub chunk_size: usize,
+    /// `--chunk`: how the stream is cut into data frames.
+    pub chunk: ChunkSize,
     pub bind: IpAddr,
     /// `None`: the well-known port when free, else any free port.
     pub control_port: Option<u16>,
@@ -83,7 +86,7 @@ impl ServerConfig {
             order: Order::Ip,
             arity: 1,
             buffer: DEFAULT_BUFFER,
-            chunk_size: CHUNK_SIZE,
+            chunk: ChunkSize::Auto,
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             control_port: None,
             discovery_port: Some(DISCOVERY_PORT),
@@ -114,21 +117,21 @@ impl ServerConfig {
         if self.nodes == Some(0) || self.min_nodes == 0 {
             return Err(Error::Config("-n and --min need at least 1 node".into()));
         }
-        if self.chunk_size == 0 || self.chunk_size > crate::protocol::MAX_DATA_PAYLOAD as usize {
+        let largest = self.chunk.largest();
+        if largest == 0 || largest > crate::protocol::MAX_DATA_PAYLOAD as usize {
             return Err(Error::Config(format!(
-                "--chunk {} is out of range (at most {} bytes)",
-                self.chunk_size,
+                "--chunk {largest} is out of range (at most {} bytes)",
                 crate::protocol::MAX_DATA_PAYLOAD
             )));
         }
         if self.timeout.is_zero() {
             return Err(Error::Config("--timeout must be more than 0".into()));
         }
-        if self.buffer < 2 * self.chunk_size {
+        if self.buffer < 2 * largest {
             return Err(Error::Config(format!(
                 "--buffer {} is smaller than two chunks ({} bytes)",
                 self.buffer,
-                2 * self.chunk_size
+                2 * largest
             )));
         }
         Ok(())
@@ -259,6 +262,7 @@ impl Server {
         st.started = true;
         let started_at = Instant::now();
         st.started_at = Some(started_at);
+        let chunking = Arc::new(Chunking::new(self.config.chunk, self.config.buffer));
         if st.members.is_empty() {
             // Every node reported without a place in the chain: nothing to stream.
             info!("session '{}': no node takes the stream", self.config.session);
@@ -269,6 +273,7 @@ impl Server {
                 source_error: None,
                 transfer_s: 0.0,
                 pipeline_emptied_s: 0.0,
+                chunks: chunking.report(),
                 nodes: std::mem::take(&mut st.withdrawn),
             });
         }
@@ -306,8 +311,7 @@ impl Server {
         let lane = Arc::new(Lane::new());
         let relay_config = RelayConfig {
             session: self.config.session.clone(),
-            chunk_size: self.config.chunk_size,
-            fallback: input.reread,
+            fallback: input.reread.map(|open| Reread { open, chunking: Arc::clone(&chunking) }),
             key: self.config.key.clone(),
             lane: Arc::clone(&lane),
             congestion: self.config.congestion.clone(),
@@ -345,14 +349,14 @@ impl Server {
         self.lobby.changed.notify_all();
 
         let source = {
-            let (ring, stats, chunk) = (Arc::clone(&ring), Arc::clone(stats), self.config.chunk_size);
+            let (ring, stats, chunking) = (Arc::clone(&ring), Arc::clone(stats), Arc::clone(&chunking));
             let reader = match self.config.max_rate {
                 Some(rate) => Box::new(crate::io::Throttle::new(input.reader, rate)),
                 None => input.reader,
             };
             let (verdict_tx, verdict_rx) = mpsc::channel();
             thread::spawn(move || {
-                let verdict = pump(reader, &ring, &lane, chunk, &stats.sent);
+                let verdict = pump(reader, &ring, &lane, &chunking, &stats.sent);
                 lane.close();
                 // Sent before the ring ends: every report comes after it.
                 let _ = verdict_tx.send((verdict.clone(), Instant::now()));
@@ -398,6 +402,7 @@ impl Server {
             source_error,
             transfer_s: secs(source_done.saturating_duration_since(started_at)),
             pipeline_emptied_s: secs(last_report.saturating_duration_since(source_done)),
+            chunks: chunking.report(),
             nodes,
         })
     }
