@@ -759,6 +759,19 @@ fn one_run(
                 );
             }
         }
+        // Where `--chunk auto` switched to large chunks, if it did (baselines
+        // from before it have no such field).
+        let chunks = &r["chunks"];
+        if chunks.is_object() {
+            eprintln!(
+                "bench rack: {} N={n}: chunks of {} from the start, {} from {} (pace measured {} MB/s)",
+                tool.name(),
+                chunks["first"],
+                chunks["large"],
+                chunks["large_from"],
+                chunks["measured_mb_s"]
+            );
+        }
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         stream_s = Some(f("transfer_s") + f("pipeline_emptied_s"));
     }
@@ -1299,7 +1312,7 @@ fn relay_once(way: Way, data: &[u8], size: u64, expected: blake3::Hash) -> Resul
 fn relay_loop(way: Way, i: i32, o: i32, size: u64) -> io::Result<()> {
     if matches!(way, Way::Ring | Way::ZeroCopy | Way::Vmsplice) {
         // As a kacast node receives into its ring: woken per 64 KiB, not per
-        // burst (src/connection.rs, LOWAT_FROM). A read asking for less wakes
+        // burst (src/connection.rs, LOWAT). A read asking for less wakes
         // for what it asks.
         let lowat: i32 = 64 * 1024;
         // SAFETY: setsockopt with an int.

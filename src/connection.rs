@@ -18,14 +18,18 @@ use crate::auth;
 use crate::error::{Error, IoContext, Result};
 use crate::protocol::{Frame, Header, Kind, HEADER_LEN, TAG_LEN};
 
-/// Payload bytes still to come from the socket from which a read asks the
-/// kernel to wake it only once that many have arrived (`SO_RCVLOWAT`): data
-/// frames, not control frames. 64 KiB and not the whole rest of a chunk: a
-/// low-water mark larger than half the receive buffer makes the kernel grow
-/// the buffer and clamp the window to the mark, and 64 KiB already cuts a
-/// relaying node's CPU by 10-20 % on a shaped 100 Mbit/s link (about 3 % at 1 Gbit/s,
-/// where bursts are larger); docs/PERFORMANCE.md, "Wire speed".
-const LOWAT_FROM: usize = 64 * 1024;
+/// The most payload a read asks the kernel to gather before waking it
+/// (`SO_RCVLOWAT`), for data frames, not control frames. 64 KiB and not the
+/// whole rest of a chunk: a low-water mark larger than half the receive buffer
+/// makes the kernel grow the buffer and clamp the window to the mark, and
+/// 64 KiB already cuts a relaying node's CPU by 10-20 % on a shaped 100 Mbit/s
+/// link (about 3 % at 1 Gbit/s, where bursts are larger); docs/PERFORMANCE.md,
+/// "Wire speed".
+const LOWAT: usize = 64 * 1024;
+
+/// Payload bytes still to come below which a read just takes what is there:
+/// the two `setsockopt` calls would cost more than the wake-ups they save.
+const LOWAT_FROM: usize = 16 * 1024;
 
 /// Sets `SO_RCVLOWAT`; false if the kernel refused (the read then just wakes
 /// more often).
@@ -140,7 +144,16 @@ impl Connection {
         let mut head = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
-            match self.reader.read(&mut head[got..]) {
+            // Nothing buffered: ask the socket for the header alone. The
+            // buffered reader would take up to 64 KiB of the payload with it,
+            // which `read_payload` then copies a second time (7% of a
+            // relaying node's CPU with 64 KiB chunks, `perf`).
+            let read = if self.reader.buffer().is_empty() {
+                self.reader.get_mut().read(&mut head[got..])
+            } else {
+                self.reader.read(&mut head[got..])
+            };
+            match read {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
                     return Err(Error::Closed { peer: self.peer.clone(), during: "inside a frame header" })
@@ -166,18 +179,19 @@ impl Connection {
     /// its tag on a keyed connection.
     pub fn read_payload(&mut self, header: Header, buf: &mut Vec<u8>) -> Result<()> {
         buf.resize(header.len as usize, 0);
-        // The rest of a large payload is on its way for sure: let the kernel wake
-        // us once per 64 KiB rather than for every burst of segments. On a
-        // shaped link bursts are small and those wake-ups cost the relay more
-        // than its copies. The socket is then read directly, for exactly the
-        // bytes of this frame still missing: a read never waits for more than
-        // it asks, so the small end frame after the last chunk is never held up
-        // (the buffered reader would ask for 64 KiB whatever was left).
+        // The rest of the payload is on its way for sure: let the kernel wake
+        // us once per 64 KiB (or once for a smaller rest) rather than for
+        // every burst of segments. On a shaped link bursts are small and those
+        // wake-ups cost the relay more than its copies. The socket is then read
+        // directly, for exactly the bytes of this frame still missing: a read
+        // never waits for more than it asks, so the small end frame after the
+        // last chunk is never held up (the buffered reader would ask for
+        // 64 KiB whatever was left).
         let have = self.reader.buffer().len().min(buf.len());
         buf[..have].copy_from_slice(&self.reader.buffer()[..have]);
         self.reader.consume(have);
         let rest = &mut buf[have..];
-        if rest.len() >= LOWAT_FROM && set_rcvlowat(self.reader.get_ref(), LOWAT_FROM) {
+        if rest.len() >= LOWAT_FROM && set_rcvlowat(self.reader.get_ref(), rest.len().min(LOWAT)) {
             let read = self.reader.get_mut().read_exact(rest);
             set_rcvlowat(self.reader.get_ref(), 1);
             read.map_err(|e| self.read_err(e))?;

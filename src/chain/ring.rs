@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::protocol::End;
 
@@ -35,6 +36,8 @@ pub struct Ring {
     state: Mutex<State>,
     /// Readers wait here for new chunks or the end.
     data: Condvar,
+    /// Readers that gather ([`RingReader::gather`]) wait here instead.
+    gathered: Condvar,
     /// The producer waits here for room (or for a reader to appear).
     space: Condvar,
     capacity: usize,
@@ -78,6 +81,27 @@ struct ReaderState {
     ///
     /// [`Lane`]: super::Lane
     driven: bool,
+    /// Bytes that must be waiting for this reader before it is woken (0: every
+    /// chunk wakes it), and how long it waits for them at most. See
+    /// [`RingReader::gather`].
+    gather: usize,
+    gather_within: Duration,
+    /// Waiting in [`Ring::next`] on `gathered`.
+    waiting: bool,
+}
+
+impl ReaderState {
+    fn new(next: u64, weak: bool) -> ReaderState {
+        ReaderState {
+            next,
+            active: true,
+            weak,
+            driven: false,
+            gather: 0,
+            gather_within: Duration::ZERO,
+            waiting: false,
+        }
+    }
 }
 
 /// Why the producer should stop: the ring was closed with nobody left to read.
@@ -92,9 +116,7 @@ impl Ring {
                 base: 0,
                 head_offset: 0,
                 held: 0,
-                readers: (0..readers)
-                    .map(|_| ReaderState { next: 0, active: true, weak: false, driven: false })
-                    .collect(),
+                readers: (0..readers).map(|_| ReaderState::new(0, false)).collect(),
                 finish: None,
                 closed: false,
                 rereadable: false,
@@ -102,6 +124,7 @@ impl Ring {
                 spare: Vec::new(),
             }),
             data: Condvar::new(),
+            gathered: Condvar::new(),
             space: Condvar::new(),
             capacity,
             window: (capacity / 2).max(1),
@@ -138,7 +161,7 @@ impl Ring {
             let i = st.chunks.iter().position(|c| c.offset == offset)?;
             st.base + i as u64
         };
-        st.readers.push(ReaderState { next: seq, active: true, weak, driven: false });
+        st.readers.push(ReaderState::new(seq, weak));
         let id = st.readers.len() - 1;
         drop(st);
         self.space.notify_all();
@@ -188,6 +211,11 @@ impl Ring {
             }
             st.producer_waiting = true;
             waited = true;
+            // A gathering reader may be the one holding it back: it must not
+            // wait for more than the window lets in.
+            if st.readers.iter().any(|r| r.waiting) {
+                self.gathered.notify_all();
+            }
             st = self.space.wait(st).unwrap_or_else(|p| p.into_inner());
             st.producer_waiting = false;
         }
@@ -195,8 +223,12 @@ impl Ring {
         st.head_offset += len as u64;
         st.held += len;
         st.chunks.push_back(Stored { offset, bytes: Arc::new(chunk) });
+        let gathered = st.readers.iter().any(|r| r.waiting && st.waiting_for(r) >= r.gather as u64);
         drop(st);
         self.data.notify_all();
+        if gathered {
+            self.gathered.notify_all();
+        }
         Ok(waited)
     }
 
@@ -207,6 +239,7 @@ impl Ring {
         }
         drop(st);
         self.data.notify_all();
+        self.gathered.notify_all();
         self.space.notify_all();
     }
 
@@ -253,7 +286,14 @@ impl Ring {
             if let Some(f) = &st.finish {
                 return Next::Finished(f.clone());
             }
-            st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+            if st.readers[id].gather == 0 {
+                st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+            } else {
+                st.readers[id].waiting = true;
+                let within = st.readers[id].gather_within;
+                st = self.gathered.wait_timeout(st, within).unwrap_or_else(|p| p.into_inner()).0;
+                st.readers[id].waiting = false;
+            }
         }
     }
 
@@ -319,6 +359,15 @@ impl State {
         Some(&self.chunks.get(pos.checked_sub(self.base)? as usize)?.bytes)
     }
 
+    /// Bytes held that reader `r` has not read yet.
+    fn waiting_for(&self, r: &ReaderState) -> u64 {
+        if r.next < self.base {
+            // Fell out of the ring: it must wake to learn it.
+            return u64::MAX;
+        }
+        self.head_offset - self.offset_of(r.next)
+    }
+
     fn offset_of(&self, seq: u64) -> u64 {
         match self.chunks.get(seq.saturating_sub(self.base) as usize) {
             Some(c) => c.offset,
@@ -378,6 +427,19 @@ impl RingReader {
     /// Back with its child's thread: it holds back the producer again.
     pub(crate) fn undrive(&mut self) {
         self.ring.set_driven(self.id, false);
+    }
+
+    /// From now on, once caught up, this reader is woken only when `bytes`
+    /// are waiting for it (at most half the window, and always when the
+    /// producer would otherwise wait for it, or at the end), or `within` after
+    /// it began to wait: for a reader off the chain's path, such as the node's
+    /// own sink, one wake-up per chunk is CPU for nothing, but a chunk must
+    /// not sit unread for long (a sink that takes nothing looks hung).
+    pub fn gather(&mut self, bytes: usize, within: Duration) {
+        let window = self.ring.window;
+        let mut st = self.ring.lock();
+        st.readers[self.id].gather = bytes.min(window / 2);
+        st.readers[self.id].gather_within = within;
     }
 }
 
@@ -539,5 +601,83 @@ mod tests {
         };
         assert_eq!(drain(late).0, (0..10).collect::<Vec<u8>>());
         producer.join().unwrap();
+    }
+
+    /// Spins until reader `id` waits for its gather (no sleep: the flag is
+    /// set under the lock before it waits).
+    fn until_gathering(ring: &Ring, id: usize) {
+        while !ring.lock().readers[id].waiting {
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_gathering_reader_sleeps_through_small_chunks_and_wakes_for_enough() {
+        let ring = Ring::new(10_000, 1);
+        let mut reader = ring.reader(0);
+        reader.gather(1_000, Duration::from_secs(600));
+        let first = thread::spawn(move || match reader.next_chunk() {
+            Next::Chunk(c) => (c[0], reader),
+            Next::Finished(f) => panic!("finished: {f:?}"),
+        });
+        until_gathering(&ring, 0);
+        for i in 0..3u8 {
+            ring.push(vec![i; 300]).unwrap();
+        }
+        // 900 bytes are not enough: still asleep, nothing taken.
+        let st = ring.lock();
+        assert!(st.readers[0].waiting && st.readers[0].next == 0);
+        drop(st);
+        ring.push(vec![3; 300]).unwrap();
+        let (got, mut reader) = first.join().unwrap();
+        assert_eq!(got, 0);
+        // Once awake it takes what is there without waiting for more.
+        for i in 1..4u8 {
+            assert_eq!(reader.try_next_chunk().map(|c| c[0]), Some(i));
+        }
+        ring.finish(end());
+        assert!(matches!(reader.next_chunk(), Next::Finished(_)), "the end wakes it whatever it gathered");
+    }
+
+    #[test]
+    fn a_gathering_reader_is_woken_when_the_producer_waits_for_it() {
+        // Window 500, gather 250: a 200-byte chunk does not wake it, and a
+        // 400-byte one does not fit the window until it reads.
+        let ring = Ring::new(1_000, 1);
+        let mut reader = ring.reader(0);
+        reader.gather(10_000, Duration::from_secs(600));
+        let reading = thread::spawn(move || drain(reader));
+        until_gathering(&ring, 0);
+        let (done, finished) = std::sync::mpsc::channel();
+        let producer = {
+            let ring = Arc::clone(&ring);
+            thread::spawn(move || {
+                ring.push(vec![1; 200]).unwrap();
+                let waited = ring.push(vec![2; 400]).unwrap();
+                ring.finish(end());
+                done.send(waited).unwrap();
+            })
+        };
+        let waited = finished.recv_timeout(Duration::from_secs(30)).expect("the producer never got room");
+        assert!(waited, "the second chunk had to wait for the reader");
+        producer.join().unwrap();
+        assert_eq!(reading.join().unwrap().0, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_gathering_reader_takes_a_lone_chunk_after_its_delay() {
+        let ring = Ring::new(10_000, 1);
+        let mut reader = ring.reader(0);
+        reader.gather(1_000, Duration::from_millis(20));
+        let second = thread::spawn(move || {
+            let started = std::time::Instant::now();
+            (reader.next_chunk(), started.elapsed())
+        });
+        until_gathering(&ring, 0);
+        // Not enough to wake it and no end: only the delay brings it.
+        ring.push(vec![8; 10]).unwrap();
+        let (next, took) = second.join().unwrap();
+        assert!(matches!(next, Next::Chunk(c) if c[0] == 8));
+        assert!(took >= Duration::from_millis(20), "woken after {took:?}, before its delay");
     }
 }

@@ -3,10 +3,22 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ring::{Chunk, Finish, Next, RingReader};
 use crate::protocol::End;
+
+/// Bytes the ring gathers for the sink before waking it: the sink is off the
+/// chain's path (children are fed by the producer and their own threads), and
+/// a wake-up per 64 KiB chunk was a tenth of a relaying node's CPU at
+/// 100 Mbit/s (`perf`, docs/PERFORMANCE.md). 1 MiB is a moment of any disk's
+/// time and a sliver of the ring.
+pub const SINK_GATHER: usize = 1 << 20;
+
+/// The longest a chunk waits for the sink to gather more: the heartbeat
+/// (every 250 ms) must see the sink take what it has, or a sink idle behind a
+/// stalled upstream would look hung.
+pub const SINK_GATHER_WITHIN: Duration = Duration::from_millis(100);
 
 /// Hands out the stream chunk by chunk (or through `Read`) while hashing every
 /// byte, so the node can verify the end-of-stream length and hash whatever its
@@ -45,7 +57,8 @@ impl StreamReader {
         StreamReader::metered(reader, Arc::new(SinkMeter::default()))
     }
 
-    pub fn metered(reader: RingReader, meter: Arc<SinkMeter>) -> StreamReader {
+    pub fn metered(mut reader: RingReader, meter: Arc<SinkMeter>) -> StreamReader {
+        reader.gather(SINK_GATHER, SINK_GATHER_WITHIN);
         StreamReader { reader, hasher: blake3::Hasher::new(), bytes: 0, current: None, finish: None, meter }
     }
 
