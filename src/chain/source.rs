@@ -22,10 +22,18 @@ pub fn pump(
     chunking: &Chunking,
     sent: &AtomicU64,
 ) -> Result<End, String> {
-    let verdict = cut(input, ring, lane, chunking, sent);
-    // Re-reads waiting for a decision the stream never took go on.
-    chunking.settle();
-    verdict
+    // Re-reads waiting for a decision the stream never took go on, even if
+    // cutting panics.
+    let _settle = Settle(chunking);
+    cut(input, ring, lane, chunking, sent)
+}
+
+struct Settle<'a>(&'a Chunking);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.0.settle();
+    }
 }
 
 fn cut(
