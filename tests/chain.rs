@@ -273,6 +273,18 @@ fn a_session_whose_nodes_all_report_only_ends_without_its_input() {
     assert!(report.source_error.is_none());
 }
 
+/// A name the nodes could not be sent whole (or no name at all) is refused
+/// by the library, not only by the command line.
+#[test]
+fn a_congestion_control_name_that_cannot_travel_is_refused() {
+    for bad in ["cubic_and_then_some", "", "cu bic"] {
+        let mut config = loopback_server("cc-name", 1);
+        config.congestion = Some(bad.to_string());
+        let e = Server::bind(config).err().expect("refused").to_string();
+        assert!(e.contains(&format!("--congestion {bad:?}: not a TCP congestion control name")), "{e}");
+    }
+}
+
 /// Every hop sends with the chain's congestion control (`--congestion`), on
 /// the server and on the relaying node alike: `ss` shows it on both sending
 /// sockets while the stream flows.

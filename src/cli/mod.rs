@@ -239,16 +239,8 @@ fn serve(s: &ServeArgs, c: &mut ServerConfig) -> Result<()> {
     c.bind = s.bind;
     c.discovery_port = (!s.no_discovery).then_some(s.discovery_port);
     c.timeout = seconds(s.timeout, "--timeout")?;
-    c.congestion = match s.congestion.as_str() {
-        "system" => None,
-        name if name.is_empty()
-            || name.len() > 15
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-        {
-            bail!("--congestion {name:?}: not a TCP congestion control name (cubic, bbr, reno..., or system)")
-        }
-        name => Some(name.to_string()),
-    };
+    // The name is checked with the rest of the configuration, by the library.
+    c.congestion = Some(s.congestion.clone()).filter(|name| name != "system");
     Ok(())
 }
 

@@ -6,7 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::wire::{put_string, validate_session, Fields};
-use super::{ProtocolError, MAGIC, MAX_CONTROL_PAYLOAD, MAX_DATAGRAM, MAX_DATA_PAYLOAD, VERSION};
+use super::{
+    ProtocolError, MAGIC, MAX_CONGESTION, MAX_CONTROL_PAYLOAD, MAX_DATAGRAM, MAX_DATA_PAYLOAD, VERSION,
+};
 
 /// `kind` (u8), `flags` (u8, reserved, must be 0), payload length (u32 BE).
 pub const HEADER_LEN: usize = 6;
@@ -16,8 +18,6 @@ const MAX_SESSION: usize = 64;
 const MAX_REASON: usize = 4096;
 /// A node relays to at most this many children (`--arity` 1..4, with room to grow).
 const MAX_CHILDREN: usize = 64;
-/// Linux's `TCP_CA_NAME_MAX` is 16, with its terminating NUL.
-const MAX_CONGESTION: usize = 15;
 
 /// Frame kinds, grouped by the connection they travel on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,10 @@ pub const MAX_CONTROL_PAYLOAD: u32 = 64 * 1024;
 /// version bump, while a hostile length still cannot make us allocate more.
 pub const MAX_DATA_PAYLOAD: u32 = 4 * 1024 * 1024;
 
+/// Longest TCP congestion control name `Assign` carries: Linux's
+/// `TCP_CA_NAME_MAX` is 16, with its terminating NUL.
+pub const MAX_CONGESTION: usize = 15;
+
 /// Discovery frames travel as one UDP datagram each; 512 bytes never fragments.
 pub const MAX_DATAGRAM: usize = 512;
 

@@ -27,7 +27,9 @@ use crate::chain::{
 };
 use crate::error::{Error, IoContext, Result};
 use crate::net::wait_any;
-use crate::protocol::{validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT};
+use crate::protocol::{
+    validate_session, Assign, Frame, DEFAULT_CONTROL_PORT, DISCOVERY_PORT, MAX_CONGESTION,
+};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -126,6 +128,19 @@ impl ServerConfig {
         }
         if self.timeout.is_zero() {
             return Err(Error::Config("--timeout must be more than 0".into()));
+        }
+        // Checked here, not only at the command line: `Assign` carries at
+        // most MAX_CONGESTION bytes, and a longer name would reach the nodes
+        // cut short while the server used it whole.
+        if let Some(name) = &self.congestion {
+            if name.is_empty()
+                || name.len() > MAX_CONGESTION
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(Error::Config(format!(
+                    "--congestion {name:?}: not a TCP congestion control name (cubic, bbr, reno..., or system)"
+                )));
+            }
         }
         if self.buffer < 2 * largest {
             return Err(Error::Config(format!(
