@@ -159,8 +159,12 @@ impl Chunking {
                 _ => {}
             }
         }
+        // Called for every chunk: wake only if a re-read waits.
+        let waiting = plan.waiting > 0;
         drop(plan);
-        self.decided.notify_all();
+        if waiting {
+            self.decided.notify_all();
+        }
     }
 
     /// The live stream ended (or failed): an undecided switch never comes.
