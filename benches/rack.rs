@@ -498,6 +498,9 @@ struct Run {
     stream_s: Option<f64>,
     /// kacast only: the bytes each node received (compressed, when it was).
     wire: Option<u64>,
+    /// kacast only: the largest chunk the stream was cut into (`--chunk auto`
+    /// stays at its small chunks on a slow chain); it sets the pipeline fill.
+    largest_chunk: Option<u64>,
     nodes: Cpu,
     server: Cpu,
     /// Machine CPU busy over the run, in cores (all processes and softirq).
@@ -726,6 +729,7 @@ fn one_run(
     let wall_s = (end - started).as_secs_f64();
     let mut stream_s = None;
     let mut wire = None;
+    let mut largest_chunk = None;
     if matches!(tool, Tool::Chain | Tool::ChainZstd1 | Tool::ChainZstd3 | Tool::Baseline) {
         let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
         wire = r["bytes"].as_u64();
@@ -762,6 +766,10 @@ fn one_run(
         // Where `--chunk auto` switched to large chunks, if it did (baselines
         // from before it have no such field).
         let chunks = &r["chunks"];
+        largest_chunk = match chunks["large_from"].as_u64() {
+            Some(_) => chunks["large"].as_u64(),
+            None => chunks["first"].as_u64(),
+        };
         if chunks.is_object() {
             eprintln!(
                 "bench rack: {} N={n}: chunks of {} from the start, {} from {} (pace measured {} MB/s)",
@@ -784,6 +792,7 @@ fn one_run(
         wall_s,
         stream_s,
         wire,
+        largest_chunk,
         nodes,
         server: cpu(0),
         busy: (stat1.busy - stat0.busy) / span,
@@ -840,20 +849,22 @@ fn render_profile(p: Profile, opts: &Opts, runs: &[Run]) -> String {
         );
     }
     // How the chain's time grows with N, against the pipeline's fill: one
-    // chunk per hop at the link's rate.
+    // chunk (the largest the run sent) per hop at the link's rate.
     if let Some(c0) = find(Tool::Chain, n0) {
         let _ = writeln!(t);
         for &n in opts.nodes.iter().filter(|&&n| n > n0) {
             if let Some(c) = find(Tool::Chain, n) {
-                let fill = (n - n0) as f64 * BUF as f64 / limit;
+                let chunk = c.largest_chunk.unwrap_or(BUF as u64);
+                let fill = (n - n0) as f64 * chunk as f64 / limit;
                 let _ = writeln!(
                     t,
                     "- chain N={n}: {:.2} s = N={n0} ({:.2} s) + {:.2} s; pipeline fill for {} more hops \
-                     {:.2} s; {:.1}% over N={n0} + fill.",
+                     ({} KiB chunks) {:.2} s; {:.1}% over N={n0} + fill.",
                     c.wall_s,
                     c0.wall_s,
                     c.wall_s - c0.wall_s,
                     n - n0,
+                    chunk / 1024,
                     fill,
                     100.0 * (c.wall_s / (c0.wall_s + fill) - 1.0)
                 );
