@@ -63,6 +63,10 @@ struct State {
     /// See [`Ring::rereadable`].
     rereadable: bool,
     producer_waiting: bool,
+    /// Threads waiting on `data`: a push wakes them only if there are any,
+    /// since a condvar's notify is a futex syscall even with nobody waiting,
+    /// and a relaying node's readers are mostly driven or gathering.
+    data_waiters: usize,
     /// Buffers of evicted chunks, reused so a long stream does not churn the allocator.
     spare: Vec<Vec<u8>>,
 }
@@ -121,6 +125,7 @@ impl Ring {
                 closed: false,
                 rereadable: false,
                 producer_waiting: false,
+                data_waiters: 0,
                 spare: Vec::new(),
             }),
             data: Condvar::new(),
@@ -224,8 +229,11 @@ impl Ring {
         st.held += len;
         st.chunks.push_back(Stored { offset, bytes: Arc::new(chunk) });
         let gathered = st.readers.iter().any(|r| r.waiting && st.waiting_for(r) >= r.gather as u64);
+        let waiting = st.data_waiters > 0;
         drop(st);
-        self.data.notify_all();
+        if waiting {
+            self.data.notify_all();
+        }
         if gathered {
             self.gathered.notify_all();
         }
@@ -250,8 +258,16 @@ impl Ring {
             if let Some(f) = &st.finish {
                 return f.clone();
             }
-            st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_data(st);
         }
+    }
+
+    /// Waits on `data`, counted so that a push knows whether to notify.
+    fn wait_data<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.data_waiters += 1;
+        let mut st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+        st.data_waiters -= 1;
+        st
     }
 
     /// The stream can be read again from any offset (the server's input is a
@@ -287,7 +303,7 @@ impl Ring {
                 return Next::Finished(f.clone());
             }
             if st.readers[id].gather == 0 {
-                st = self.data.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = self.wait_data(st);
             } else {
                 st.readers[id].waiting = true;
                 let within = st.readers[id].gather_within;
