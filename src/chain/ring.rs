@@ -229,9 +229,9 @@ impl Ring {
         st.held += len;
         st.chunks.push_back(Stored { offset, bytes: Arc::new(chunk) });
         let gathered = st.readers.iter().any(|r| r.waiting && st.waiting_for(r) >= r.gather as u64);
-        let waiting = st.data_waiters > 0;
+        let wake_data = st.data_waiters > 0;
         drop(st);
-        if waiting {
+        if wake_data {
             self.data.notify_all();
         }
         if gathered {
